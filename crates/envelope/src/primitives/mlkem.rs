@@ -52,3 +52,11 @@ impl MlKemPrivateKey {
         mlkem768::decapsulate(&self.0, &MlKem768Ciphertext::from(ct))
     }
 }
+
+#[cfg(test)]
+impl MlKemPrivateKey {
+    /// The FIPS 203 decapsulation key encoding, for known-answer tests.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
