@@ -69,7 +69,11 @@ fn len32(n: usize) -> u32 {
 
 impl<K: Into<String>, V: Into<String>> FromIterator<(K, V)> for EncryptionContext {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
-        EncryptionContext(iter.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+        EncryptionContext(
+            iter.into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 }
 

@@ -47,7 +47,12 @@ impl RootKey {
 
     fn from_secret(version: u32, secret: SecretBox<[u8; 32]>) -> Result<Self> {
         let mut derived = zeroize::Zeroizing::new([0u8; 32]);
-        hkdf_sha256(None, secret.expose_secret(), &[ROOT_SEAL_LABEL], &mut derived[..])?;
+        hkdf_sha256(
+            None,
+            secret.expose_secret(),
+            &[ROOT_SEAL_LABEL],
+            &mut derived[..],
+        )?;
         Ok(RootKey {
             version,
             secret,
@@ -106,7 +111,8 @@ impl TenantPrivateKey {
 
     /// Expand a seed. `pub(crate)`: seeds only come from `generate` or from unsealing.
     pub(crate) fn from_seed(key_ref: KeyRef, seed: SecretBox<[u8; 32]>) -> Result<Self> {
-        let (decapsulation, public_bytes) = xwing::DecapsulationKey::from_seed(seed.expose_secret());
+        let (decapsulation, public_bytes) =
+            xwing::DecapsulationKey::from_seed(seed.expose_secret());
         let public = TenantPublicKey::new(key_ref, public_bytes)?;
         Ok(TenantPrivateKey {
             seed,

@@ -33,9 +33,9 @@ impl AeadKey {
     ) -> Result<()> {
         let start = out.len();
         out.extend_from_slice(plaintext);
-        let tag = self
-            .0
-            .encrypt_inout_detached(&Nonce::from(*nonce), aad, (&mut out[start..]).into());
+        let tag =
+            self.0
+                .encrypt_inout_detached(&Nonce::from(*nonce), aad, (&mut out[start..]).into());
         match tag {
             Ok(tag) => {
                 out.extend_from_slice(&tag);

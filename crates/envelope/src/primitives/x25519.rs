@@ -7,7 +7,10 @@ use crate::error::{Error, Result};
 
 /// `X25519(scalar, point)`. An all-zero result — the peer sent a small-order point — is refused:
 /// it would make the X25519 half of the hybrid contribute nothing.
-pub(crate) fn diffie_hellman(scalar: &StaticSecret, point: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
+pub(crate) fn diffie_hellman(
+    scalar: &StaticSecret,
+    point: &[u8; 32],
+) -> Result<Zeroizing<[u8; 32]>> {
     let shared = scalar.diffie_hellman(&PublicKey::from(*point));
     if !shared.was_contributory() {
         return Err(Error::Decryption);

@@ -3,8 +3,7 @@
 use std::marker::PhantomData;
 
 use crate::{
-    DataKey, EncryptionContext, Error, FieldKey, KeyId, KeyRef, RootKey, TenantId,
-    TenantPrivateKey,
+    DataKey, EncryptionContext, Error, FieldKey, KeyId, KeyRef, RootKey, TenantId, TenantPrivateKey,
 };
 
 /// Compile-time trait probes: the inherent const wins only when the bound holds.
@@ -38,8 +37,14 @@ impl<T: std::fmt::Display> DisplayProbe<T> {
 
 macro_rules! assert_secret_type {
     ($t:ty) => {
-        assert!(!Probe::<$t>::DEBUG, concat!(stringify!($t), " must not implement Debug"));
-        assert!(!CloneProbe::<$t>::CLONE, concat!(stringify!($t), " must not implement Clone"));
+        assert!(
+            !Probe::<$t>::DEBUG,
+            concat!(stringify!($t), " must not implement Debug")
+        );
+        assert!(
+            !CloneProbe::<$t>::CLONE,
+            concat!(stringify!($t), " must not implement Clone")
+        );
         assert!(
             !DisplayProbe::<$t>::DISPLAY,
             concat!(stringify!($t), " must not implement Display")
@@ -75,7 +80,10 @@ fn public_types_print_no_key_material() {
     // Not even a 4-byte window of the public key shows up (hex or decimal).
     let pk_hex = hex::encode(public.xwing_bytes());
     for window in pk_hex.as_bytes().chunks(8) {
-        assert!(!shown.contains(std::str::from_utf8(window).unwrap()), "{shown}");
+        assert!(
+            !shown.contains(std::str::from_utf8(window).unwrap()),
+            "{shown}"
+        );
     }
     assert!(shown.len() < 300, "{shown}");
 

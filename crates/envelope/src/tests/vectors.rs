@@ -76,9 +76,17 @@ fn wycheproof_x25519() {
             if t.shared_secret.iter().all(|&b| b == 0) {
                 assert!(ours.is_err(), "tc {}: zero share must be refused", t.tc_id);
             } else if t.result == TestResult::Invalid {
-                assert!(ours.map(|s| s.to_vec() != t.shared_secret.to_vec()).unwrap_or(true));
+                assert!(
+                    ours.map(|s| s.to_vec() != t.shared_secret.to_vec())
+                        .unwrap_or(true)
+                );
             } else {
-                assert_eq!(ours.unwrap().to_vec(), t.shared_secret.to_vec(), "tc {}", t.tc_id);
+                assert_eq!(
+                    ours.unwrap().to_vec(),
+                    t.shared_secret.to_vec(),
+                    "tc {}",
+                    t.tc_id
+                );
             }
             ran += 1;
         }
@@ -113,13 +121,21 @@ fn wycheproof_mlkem768_keygen_and_decaps() {
                     invalid += 1;
                 }
                 _ => {
-                    assert_eq!(Some(&k[..]), t.shared_secret.as_deref().map(Vec::as_slice), "tc {}", t.tc_id);
+                    assert_eq!(
+                        Some(&k[..]),
+                        t.shared_secret.as_deref().map(Vec::as_slice),
+                        "tc {}",
+                        t.tc_id
+                    );
                     valid += 1;
                 }
             }
         }
     }
-    assert!(valid > 100 && invalid > 0, "valid {valid} invalid {invalid}");
+    assert!(
+        valid > 100 && invalid > 0,
+        "valid {valid} invalid {invalid}"
+    );
 }
 
 #[test]
@@ -140,14 +156,27 @@ fn wycheproof_mlkem768_encaps() {
                 (_, None) => panic!("tc {}: valid key rejected", t.tc_id),
                 (_, Some(key)) => {
                     let (c, k) = key.encaps(&m);
-                    assert_eq!(Some(&c[..]), t.ct.as_deref().map(Vec::as_slice), "tc {}", t.tc_id);
-                    assert_eq!(Some(&k[..]), t.shared_secret.as_deref().map(Vec::as_slice), "tc {}", t.tc_id);
+                    assert_eq!(
+                        Some(&c[..]),
+                        t.ct.as_deref().map(Vec::as_slice),
+                        "tc {}",
+                        t.tc_id
+                    );
+                    assert_eq!(
+                        Some(&k[..]),
+                        t.shared_secret.as_deref().map(Vec::as_slice),
+                        "tc {}",
+                        t.tc_id
+                    );
                     valid += 1;
                 }
             }
         }
     }
-    assert!(valid > 100 && rejected > 0, "valid {valid} rejected {rejected}");
+    assert!(
+        valid > 100 && rejected > 0,
+        "valid {valid} rejected {rejected}"
+    );
 }
 
 #[test]
@@ -158,8 +187,18 @@ fn wycheproof_mlkem768_keygen_seed() {
     for group in set.test_groups {
         for t in group.tests {
             let (dk, ek) = mlkem::keygen(&arr(t.seed.as_deref().map(Vec::as_slice).unwrap()));
-            assert_eq!(Some(&ek[..]), t.encaps_key.as_deref().map(Vec::as_slice), "tc {}", t.tc_id);
-            assert_eq!(Some(dk.as_bytes()), t.decaps_key.as_deref().map(Vec::as_slice), "tc {}", t.tc_id);
+            assert_eq!(
+                Some(&ek[..]),
+                t.encaps_key.as_deref().map(Vec::as_slice),
+                "tc {}",
+                t.tc_id
+            );
+            assert_eq!(
+                Some(dk.as_bytes()),
+                t.decaps_key.as_deref().map(Vec::as_slice),
+                "tc {}",
+                t.tc_id
+            );
             ran += 1;
         }
     }
