@@ -1,0 +1,421 @@
+//! The `pqkms` command line: `serve`, and client commands in the style of Vault's CLI
+//! (`PQKMS_ADDR`, `PQKMS_TOKEN`, human output by default, `--json` for scripts).
+
+mod client;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, FileConfig};
+
+/// pqkms: post-quantum envelope-encryption key management.
+#[derive(Parser, Debug)]
+#[command(name = "pqkms", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Tenants.
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// Tenant keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Data keys for envelope encryption.
+    #[command(subcommand, name = "data-key")]
+    DataKey(DataKeyCmd),
+    /// The audit chain.
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+/// `pqkms serve` options. Each flag also reads a `PQKMS_*` environment variable; both override
+/// the TOML file given with `--config`.
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "PQKMS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address [default: 127.0.0.1:8650].
+    #[arg(long, env = "PQKMS_BIND")]
+    bind: Option<std::net::SocketAddr>,
+    /// Data directory [default: ./pqkms-data].
+    #[arg(long, env = "PQKMS_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database URL (postgres://... for several nodes) [default: SQLite in the data directory].
+    #[arg(long, env = "PQKMS_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Root key file shared by all nodes [default: <data dir>/root.key, created on first start].
+    #[arg(long, env = "PQKMS_ROOT_KEY_FILE")]
+    root_key_file: Option<PathBuf>,
+    /// Largest request body in bytes [default: 65536].
+    #[arg(long, env = "PQKMS_MAX_BODY_BYTES")]
+    max_body_bytes: Option<usize>,
+}
+
+/// Where and as whom the client commands talk.
+#[derive(Args, Debug, Clone)]
+struct ClientArgs {
+    /// Service address.
+    #[arg(long, env = "PQKMS_ADDR", default_value = "http://127.0.0.1:8650", global = true)]
+    addr: String,
+    /// Bearer token.
+    #[arg(long, env = "PQKMS_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// Print the service's JSON answer instead of a summary.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum TenantCmd {
+    /// Create a tenant (and its key `default`). Needs an operator token.
+    Create {
+        /// 1-64 of a-z, 0-9, '-'.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Create a token for a tenant; it is printed once.
+    Create {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Role (repeat): tenant-admin, encrypt, decrypt.
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        ttl: Option<i64>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Token id (tok_...).
+        id: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Create a key.
+    Create {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Key name.
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List a tenant's keys.
+    List {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Export the current public key (for offline wrapping).
+    PublicKey {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Key name.
+        #[arg(long, default_value = "default")]
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DataKeyCmd {
+    /// Generate a data key wrapped to the key's current version.
+    Generate {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Key name.
+        #[arg(long, default_value = "default")]
+        key: String,
+        /// Encryption context entry `name=value` (repeat).
+        #[arg(long = "context", value_parser = parse_pair)]
+        context: Vec<(String, String)>,
+        /// Return only the wrapped key.
+        #[arg(long)]
+        no_plaintext: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Unwrap a data key.
+    Decrypt {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Key name.
+        #[arg(long, default_value = "default")]
+        key: String,
+        /// The wrapped key (base64), or `-` to read it from stdin.
+        #[arg(long)]
+        wrapped: String,
+        /// Encryption context entry `name=value` (repeat); must match the one used to generate.
+        #[arg(long = "context", value_parser = parse_pair)]
+        context: Vec<(String, String)>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Recompute the hash chain and report the first broken entry.
+    Verify {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Read entries.
+    List {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this operation (e.g. data_key.generate).
+        #[arg(long)]
+        operation: Option<String>,
+        /// Maximum entries.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected name=value, got `{s}`"))
+}
+
+fn serve_config(args: ServeArgs) -> Result<Config, String> {
+    let mut config = Config::default();
+    if let Some(path) = &args.config {
+        FileConfig::load(path)?.apply(&mut config);
+    }
+    if let Some(v) = args.bind {
+        config.bind = v;
+    }
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if args.database_url.is_some() {
+        config.database_url = args.database_url;
+    }
+    if args.root_key_file.is_some() {
+        config.root_key_file = args.root_key_file;
+    }
+    if let Some(v) = args.max_body_bytes {
+        config.max_body_bytes = v;
+    }
+    if let Ok(inline) = std::env::var("PQKMS_ROOT_KEY") {
+        config.root_key_inline = Some(inline.into());
+    }
+    Ok(config)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PQKMS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli.command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve(args) => {
+            init_logging();
+            let config = serve_config(args)?;
+            tracing::debug!(?config, "configuration");
+            crate::server::serve(config).await.map_err(|e| e.to_string())
+        }
+        Command::Tenant(TenantCmd::Create { name, client }) => {
+            let c = client::Client::new(&client.addr, client.token, client.json)?;
+            let v = c.post("/v1/tenants", serde_json::json!({ "name": name })).await?;
+            c.show(&v, |v| format!("created tenant {} (id {}) with key `default`", v["tenant"], v["id"]))
+        }
+        Command::Token(TokenCmd::Create { tenant, roles, ttl, client }) => {
+            let c = client::Client::new(&client.addr, client.token, client.json)?;
+            let mut body = serde_json::json!({ "roles": roles });
+            if let Some(ttl) = ttl {
+                body["ttl_seconds"] = ttl.into();
+            }
+            let v = c.post(&format!("/v1/tenants/{tenant}/tokens"), body).await?;
+            c.show(&v, |v| {
+                format!(
+                    "token id: {}\nroles:    {}\ntoken:    {}\n(shown once; store it now)",
+                    v["id"].as_str().unwrap_or(""),
+                    v["roles"],
+                    v["token"].as_str().unwrap_or("")
+                )
+            })
+        }
+        Command::Token(TokenCmd::Revoke { tenant, id, client }) => {
+            let c = client::Client::new(&client.addr, client.token, client.json)?;
+            c.delete(&format!("/v1/tenants/{tenant}/tokens/{id}")).await?;
+            c.show(&serde_json::json!({ "revoked": id }), |_| format!("revoked {id}"))
+        }
+        Command::Key(KeyCmd::Create { tenant, name, client }) => {
+            let c = client::Client::new(&client.addr, client.token, client.json)?;
+            let v = c.post(&format!("/v1/tenants/{tenant}/keys"), serde_json::json!({ "name": name })).await?;
+            c.show(&v, |v| format!("created key {} version {}", v["name"], v["current_version"]))
+        }
+        Command::Key(KeyCmd::List { tenant, client }) => {
+            let c = client::Client::new(&client.addr, client.token, client.json)?;
+            let v = c.get(&format!("/v1/tenants/{tenant}/keys")).await?;
+            c.show(&v, |v| {
+                let mut out = format!("{:<24} {:>7}  {}", "KEY", "VERSION", "FINGERPRINT");
+                for k in v["keys"].as_array().into_iter().flatten() {
+                    let current = k["current_version"].as_i64().unwrap_or(0);
+                    let fp = k["versions"]
+                        .as_array()
+                        .and_then(|vs| vs.iter().find(|x| x["version"].as_i64() == Some(current)))
+                        .and_then(|x| x["fingerprint"].as_str())
+                        .unwrap_or("");
+                    out.push_str(&format!("\n{:<24} {:>7}  {}", k["name"].as_str().unwrap_or(""), current, fp));
+                }
+                out
+            })
+        }
+        Command::Key(KeyCmd::PublicKey { tenant, key, client }) => {
+            let c = client::Client::new(&client.addr, client.token, client.json)?;
+            let v = c.get(&format!("/v1/tenants/{tenant}/keys/{key}/public-key")).await?;
+            c.show(&v, |v| {
+                format!(
+                    "version:     {}\nfingerprint: {}\npublic_key:  {}",
+                    v["version"],
+                    v["fingerprint"].as_str().unwrap_or(""),
+                    v["public_key"].as_str().unwrap_or("")
+                )
+            })
+        }
+        Command::DataKey(DataKeyCmd::Generate { tenant, key, context, no_plaintext, client }) => {
+            let c = client::Client::new(&client.addr, client.token, client.json)?;
+            let body = serde_json::json!({
+                "context": context.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                "include_plaintext": !no_plaintext,
+            });
+            let v = c.post(&format!("/v1/tenants/{tenant}/keys/{key}/data-key"), body).await?;
+            c.show(&v, |v| {
+                let mut out = format!(
+                    "version:     {}\nwrapped_key: {}",
+                    v["version"],
+                    v["wrapped_key"].as_str().unwrap_or("")
+                );
+                if let Some(p) = v["plaintext"].as_str() {
+                    out.push_str(&format!("\nplaintext:   {p}"));
+                }
+                out
+            })
+        }
+        Command::DataKey(DataKeyCmd::Decrypt { tenant, key, wrapped, context, client }) => {
+            let c = client::Client::new(&client.addr, client.token, client.json)?;
+            let wrapped = if wrapped == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| e.to_string())?;
+                s.trim().to_owned()
+            } else {
+                wrapped
+            };
+            let body = serde_json::json!({
+                "wrapped_key": wrapped,
+                "context": context.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            });
+            let v = c.post(&format!("/v1/tenants/{tenant}/keys/{key}/decrypt"), body).await?;
+            c.show(&v, |v| {
+                format!("version:   {}\nplaintext: {}", v["version"], v["plaintext"].as_str().unwrap_or(""))
+            })
+        }
+        Command::Audit(AuditCmd::Verify { client }) => {
+            let c = client::Client::new(&client.addr, client.token, client.json)?;
+            let v = c.get("/v1/audit/verify").await?;
+            c.show(&v, |v| {
+                if v["ok"].as_bool() == Some(true) {
+                    format!("audit chain OK: {} entries, head {}", v["entries"], v["head"].as_str().unwrap_or(""))
+                } else {
+                    format!(
+                        "audit chain BROKEN at entry {}: {}",
+                        v["first_bad_seq"],
+                        v["problem"].as_str().unwrap_or("")
+                    )
+                }
+            })?;
+            if v["ok"].as_bool() == Some(true) { Ok(()) } else { Err("audit verification failed".into()) }
+        }
+        Command::Audit(AuditCmd::List { tenant, operation, limit, client }) => {
+            let c = client::Client::new(&client.addr, client.token, client.json)?;
+            let mut path = format!("/v1/audit?limit={limit}");
+            if let Some(t) = tenant {
+                path.push_str(&format!("&tenant={t}"));
+            }
+            if let Some(o) = operation {
+                path.push_str(&format!("&operation={o}"));
+            }
+            let v = c.get(&path).await?;
+            c.show(&v, |v| {
+                let mut out = String::new();
+                for e in v["entries"].as_array().into_iter().flatten() {
+                    out.push_str(&format!(
+                        "{:>6} {} {:<20} {:<8} tenant={} key={} v={} by {}\n",
+                        e["seq"],
+                        e["time_ms"],
+                        e["operation"].as_str().unwrap_or(""),
+                        e["outcome"].as_str().unwrap_or(""),
+                        e["tenant"].as_str().unwrap_or("-"),
+                        e["key"].as_str().unwrap_or("-"),
+                        e["version"].as_i64().map_or("-".to_owned(), |v| v.to_string()),
+                        e["principal"].as_str().unwrap_or("")
+                    ));
+                }
+                out.trim_end().to_owned()
+            })
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! The v1 handlers. Each one: authenticate (the `Auth` extractor), authorize against the tenant
+//! named in the path *before* looking anything up (so a foreign tenant's existence never shows),
+//! do the work, and append the audit entry — in the same transaction for state changes, and
+//! before answering for key uses (fail closed: no audit entry, no key).
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use pqkms_envelope::{EncryptionContext, KeyRef, WrappedDataKey};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use super::{ApiError, ApiJson, AppState, Auth, RequestId};
+use crate::audit::{AuditQuery, NewAuditEntry, verify_chain};
+use crate::auth::{Action, Principal, Role, new_token, parse_roles};
+use crate::keys::{key_id, tenant_id};
+use crate::store::{KeyRow, TenantRow, TokenRow, VersionRow};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Longest accepted token lifetime: ten years.
+const MAX_TTL_SECONDS: i64 = 10 * 365 * 24 * 3600;
+
+/// Tenant and key names: 1-64 of `[a-z0-9-]`.
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+fn check_name(name: &str) -> ApiResult<()> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(
+            "names are 1-64 characters of a-z, 0-9 and '-'".into(),
+        ))
+    }
+}
+
+fn authorize(p: &Principal, action: Action<'_>) -> ApiResult<()> {
+    p.authorize(action).map_err(|_| ApiError::Forbidden)
+}
+
+/// The audit entry skeleton for this request.
+fn audit(p: &Principal, req: &RequestId, operation: &str, tenant: Option<&str>) -> NewAuditEntry {
+    NewAuditEntry {
+        time_ms: crate::now_ms(),
+        principal: p.token_id.clone(),
+        tenant: tenant.map(str::to_owned),
+        key: None,
+        version: None,
+        operation: operation.to_owned(),
+        outcome: "ok".to_owned(),
+        request_id: req.0.clone(),
+        context_hash: None,
+    }
+}
+
+async fn tenant(state: &AppState, name: &str) -> ApiResult<TenantRow> {
+    state
+        .store
+        .tenant_by_name(name)
+        .await?
+        .ok_or(ApiError::NotFound("no such tenant"))
+}
+
+async fn key(state: &AppState, tenant: &TenantRow, name: &str) -> ApiResult<KeyRow> {
+    state
+        .store
+        .key_by_name(&tenant.id, name)
+        .await?
+        .ok_or(ApiError::NotFound("no such key"))
+}
+
+/// The newest enabled version: what new data keys are wrapped to.
+async fn current_version(state: &AppState, key: &KeyRow) -> ApiResult<VersionRow> {
+    state
+        .store
+        .versions(&key.id)
+        .await?
+        .into_iter()
+        .rev()
+        .find(|v| v.state == "enabled")
+        .ok_or_else(|| ApiError::Internal(format!("key {} has no enabled version", key.id)))
+}
+
+fn context_of(map: Option<BTreeMap<String, String>>) -> EncryptionContext {
+    map.map(EncryptionContext::from).unwrap_or_default()
+}
+
+// ------------------------------------------------------------------ tenants
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenant {
+    name: String,
+}
+
+pub async fn create_tenant(
+    State(state): State<AppState>,
+    Extension(req): Extension<RequestId>,
+    Auth(p): Auth,
+    ApiJson(body): ApiJson<CreateTenant>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::CreateTenant)?;
+    check_name(&body.name)?;
+    let now = crate::now_ms();
+    let tenant_id = pqkms_envelope::TenantId::random().map_err(crypto)?;
+    let key_id = pqkms_envelope::KeyId::random().map_err(crypto)?;
+    let version = state.keys.new_version(KeyRef {
+        tenant: tenant_id,
+        key: key_id,
+        version: 1,
+    })?;
+    let tenant = TenantRow {
+        id: tenant_id.to_string(),
+        name: body.name.clone(),
+        created_at: now,
+    };
+    let key = KeyRow {
+        id: key_id.to_string(),
+        tenant_id: tenant.id.clone(),
+        name: "default".into(),
+        created_at: now,
+    };
+    let mut entry = audit(&p, &req, "tenant.create", Some(&body.name));
+    entry.key = Some("default".into());
+    entry.version = Some(1);
+    state
+        .store
+        .create_tenant(&tenant, &key, &version, entry)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict => ApiError::Conflict("tenant already exists"),
+            e => e.into(),
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "tenant": tenant.name, "id": tenant.id, "default_key": "default" })),
+    )
+        .into_response())
+}
+
+fn crypto(e: pqkms_envelope::Error) -> ApiError {
+    ApiError::Internal(format!("crypto: {e}"))
+}
+
+// ------------------------------------------------------------------ tokens
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    roles: Vec<String>,
+    ttl_seconds: Option<i64>,
+}
+
+pub async fn create_token(
+    State(state): State<AppState>,
+    Extension(req): Extension<RequestId>,
+    Auth(p): Auth,
+    Path(tenant_name): Path<String>,
+    ApiJson(body): ApiJson<CreateToken>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::ManageTokens(&tenant_name))?;
+    let t = tenant(&state, &tenant_name).await?;
+    let roles = parse_roles(&body.roles.join(","))
+        .filter(|r| !r.is_empty() && !r.contains(&Role::Operator))
+        .ok_or_else(|| {
+            ApiError::BadRequest(
+                "roles: one or more of tenant-admin, encrypt, decrypt".into(),
+            )
+        })?;
+    let now = crate::now_ms();
+    let expires_at = match body.ttl_seconds {
+        None => None,
+        Some(ttl) if (1..=MAX_TTL_SECONDS).contains(&ttl) => Some(now + ttl * 1000),
+        Some(_) => {
+            return Err(ApiError::BadRequest(format!(
+                "ttl_seconds must be between 1 and {MAX_TTL_SECONDS}"
+            )));
+        }
+    };
+    let (token, id) = new_token().map_err(|_| ApiError::Internal("rng".into()))?;
+    let role_names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    let row = TokenRow {
+        id: id.clone(),
+        token_hash: crate::auth::token_hash(&token),
+        tenant_id: Some(t.id),
+        tenant_name: None,
+        roles: role_names.join(","),
+        created_at: now,
+        expires_at,
+        revoked_at: None,
+    };
+    state
+        .store
+        .create_token(&row, audit(&p, &req, "token.create", Some(&tenant_name)))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token.as_str(), "id": id, "roles": role_names, "expires_at": expires_at })),
+    )
+        .into_response())
+}
+
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    Extension(req): Extension<RequestId>,
+    Auth(p): Auth,
+    Path((tenant_name, token_id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::ManageTokens(&tenant_name))?;
+    let t = tenant(&state, &tenant_name).await?;
+    state
+        .store
+        .revoke_token(
+            Some(&t.id),
+            &token_id,
+            crate::now_ms(),
+            audit(&p, &req, "token.revoke", Some(&tenant_name)),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::NotFound => ApiError::NotFound("no such active token"),
+            e => e.into(),
+        })?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ------------------------------------------------------------------ keys
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    name: String,
+}
+
+#[derive(Serialize)]
+struct VersionInfo {
+    version: i64,
+    state: String,
+    created_at: i64,
+    fingerprint: String,
+}
+
+#[derive(Serialize)]
+struct KeyInfo {
+    name: String,
+    id: String,
+    created_at: i64,
+    current_version: Option<i64>,
+    versions: Vec<VersionInfo>,
+}
+
+async fn key_info(state: &AppState, key: KeyRow) -> ApiResult<KeyInfo> {
+    let versions = state.store.versions(&key.id).await?;
+    let current_version = versions.iter().rev().find(|v| v.state == "enabled").map(|v| v.version);
+    Ok(KeyInfo {
+        name: key.name,
+        id: key.id,
+        created_at: key.created_at,
+        current_version,
+        versions: versions
+            .into_iter()
+            .map(|v| VersionInfo {
+                version: v.version,
+                state: v.state,
+                created_at: v.created_at,
+                fingerprint: v.fingerprint,
+            })
+            .collect(),
+    })
+}
+
+pub async fn create_key(
+    State(state): State<AppState>,
+    Extension(req): Extension<RequestId>,
+    Auth(p): Auth,
+    Path(tenant_name): Path<String>,
+    ApiJson(body): ApiJson<CreateKey>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::ManageKeys(&tenant_name))?;
+    check_name(&body.name)?;
+    let t = tenant(&state, &tenant_name).await?;
+    let key_id = pqkms_envelope::KeyId::random().map_err(crypto)?;
+    let version = state.keys.new_version(KeyRef {
+        tenant: tenant_id(&t.id)?,
+        key: key_id,
+        version: 1,
+    })?;
+    let key = KeyRow {
+        id: key_id.to_string(),
+        tenant_id: t.id,
+        name: body.name.clone(),
+        created_at: crate::now_ms(),
+    };
+    let mut entry = audit(&p, &req, "key.create", Some(&tenant_name));
+    entry.key = Some(body.name.clone());
+    entry.version = Some(1);
+    state
+        .store
+        .create_key(&key, &version, entry)
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Conflict => ApiError::Conflict("key already exists"),
+            e => e.into(),
+        })?;
+    let info = key_info(&state, key).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+pub async fn list_keys(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(tenant_name): Path<String>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::ManageKeys(&tenant_name))?;
+    let t = tenant(&state, &tenant_name).await?;
+    let mut keys = Vec::new();
+    for k in state.store.list_keys(&t.id).await? {
+        keys.push(key_info(&state, k).await?);
+    }
+    Ok(Json(json!({ "tenant": tenant_name, "keys": keys })).into_response())
+}
+
+pub async fn get_key(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((tenant_name, key_name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::ManageKeys(&tenant_name))?;
+    let t = tenant(&state, &tenant_name).await?;
+    let k = key(&state, &t, &key_name).await?;
+    Ok(Json(key_info(&state, k).await?).into_response())
+}
+
+pub async fn public_key(
+    State(state): State<AppState>,
+    Extension(req): Extension<RequestId>,
+    Auth(p): Auth,
+    Path((tenant_name, key_name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::ReadPublicKey(&tenant_name))?;
+    let t = tenant(&state, &tenant_name).await?;
+    let k = key(&state, &t, &key_name).await?;
+    let v = current_version(&state, &k).await?;
+    let mut entry = audit(&p, &req, "public_key.read", Some(&tenant_name));
+    entry.key = Some(key_name);
+    entry.version = Some(v.version);
+    state.store.append_audit(entry).await?;
+    Ok(Json(json!({
+        "version": v.version,
+        "public_key": B64.encode(&v.public_key),
+        "fingerprint": v.fingerprint,
+    }))
+    .into_response())
+}
+
+// ------------------------------------------------------------------ data keys
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateDataKey {
+    context: Option<BTreeMap<String, String>>,
+    include_plaintext: Option<bool>,
+}
+
+pub async fn generate_data_key(
+    State(state): State<AppState>,
+    Extension(req): Extension<RequestId>,
+    Auth(p): Auth,
+    Path((tenant_name, key_name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<GenerateDataKey>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::GenerateDataKey(&tenant_name))?;
+    let t = tenant(&state, &tenant_name).await?;
+    let k = key(&state, &t, &key_name).await?;
+    let v = current_version(&state, &k).await?;
+    let public = state.keys.public_key(&v)?;
+    let context = context_of(body.context);
+    let (data_key, wrapped) = public.generate_data_key(&context).map_err(crypto)?;
+
+    let mut entry = audit(&p, &req, "data_key.generate", Some(&tenant_name));
+    entry.key = Some(key_name);
+    entry.version = Some(v.version);
+    entry.context_hash = Some(hex::encode(context.digest().as_bytes()));
+    // Fail closed: the key leaves only after its audit entry is committed.
+    state.store.append_audit(entry).await?;
+
+    let mut out = json!({ "wrapped_key": B64.encode(wrapped.as_bytes()), "version": v.version });
+    if body.include_plaintext.unwrap_or(true) {
+        let plaintext = Zeroizing::new(B64.encode(data_key.expose_secret()));
+        out["plaintext"] = json!(plaintext.as_str());
+    }
+    Ok(Json(out).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecryptDataKey {
+    wrapped_key: String,
+    context: Option<BTreeMap<String, String>>,
+}
+
+pub async fn decrypt_data_key(
+    State(state): State<AppState>,
+    Extension(req): Extension<RequestId>,
+    Auth(p): Auth,
+    Path((tenant_name, key_name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<DecryptDataKey>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::DecryptDataKey(&tenant_name))?;
+    let t = tenant(&state, &tenant_name).await?;
+    let k = key(&state, &t, &key_name).await?;
+    let blob = B64
+        .decode(body.wrapped_key.as_bytes())
+        .map_err(|_| ApiError::BadRequest("wrapped_key is not standard base64".into()))?;
+    let context = context_of(body.context);
+
+    let mut entry = audit(&p, &req, "data_key.decrypt", Some(&tenant_name));
+    entry.key = Some(key_name);
+    entry.context_hash = Some(hex::encode(context.digest().as_bytes()));
+
+    let opened = open_wrapped(&state, &t, &k, &blob, &context).await?;
+    entry.version = opened.as_ref().map(|(v, _)| *v).ok();
+    if opened.is_err() {
+        entry.outcome = "failed".into();
+    }
+    state.store.append_audit(entry).await?;
+    let (version, data_key) = opened.map_err(|()| ApiError::Unopenable)?;
+    let plaintext = Zeroizing::new(B64.encode(data_key.expose_secret()));
+    Ok(Json(json!({ "plaintext": plaintext.as_str(), "version": version })).into_response())
+}
+
+/// Open a wrapped key for (tenant, key). `Ok(Err(()))` is the uniform "does not open"; `Err` is a
+/// server-side failure (database, unusable stored key).
+async fn open_wrapped(
+    state: &AppState,
+    t: &TenantRow,
+    k: &KeyRow,
+    blob: &[u8],
+    context: &EncryptionContext,
+) -> ApiResult<Result<(i64, pqkms_envelope::DataKey), ()>> {
+    let Ok(wrapped) = WrappedDataKey::parse(blob) else {
+        return Ok(Err(()));
+    };
+    let r = wrapped.key_ref();
+    if r.tenant != tenant_id(&t.id)? || r.key != key_id(&k.id)? {
+        return Ok(Err(()));
+    }
+    let version = i64::from(r.version);
+    let Some(row) = state.store.version(&k.id, version).await? else {
+        return Ok(Err(()));
+    };
+    if row.state != "enabled" {
+        return Ok(Err(()));
+    }
+    let private = state.keys.private_key(r.tenant, &row)?;
+    Ok(private
+        .unwrap_data_key(&wrapped, context)
+        .map(|dk| (version, dk))
+        .map_err(|_| ()))
+}
+
+// ------------------------------------------------------------------ audit
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    tenant: Option<String>,
+    operation: Option<String>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+pub async fn read_audit(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Query(q): Query<AuditParams>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::ReadAudit)?;
+    // A tenant admin reads its own tenant's entries only.
+    let tenant = if p.roles.contains(&Role::Operator) {
+        q.tenant
+    } else {
+        match (q.tenant, p.tenant.clone()) {
+            (Some(asked), Some(own)) if asked != own => return Err(ApiError::Forbidden),
+            (_, own) => Some(own.ok_or(ApiError::Forbidden)?),
+        }
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = state
+        .store
+        .audit_entries(&AuditQuery {
+            tenant,
+            operation: q.operation,
+            since_ms: q.since_ms,
+            until_ms: q.until_ms,
+            after_seq: q.after.unwrap_or(0),
+            limit,
+        })
+        .await?;
+    let next = (entries.len() as i64 == limit).then(|| entries.last().map(|e| e.seq)).flatten();
+    Ok(Json(json!({ "entries": entries, "next_after": next })).into_response())
+}
+
+pub async fn verify_audit(State(state): State<AppState>, Auth(p): Auth) -> ApiResult<Response> {
+    authorize(&p, Action::VerifyAudit)?;
+    let v = verify_chain(state.store.as_ref()).await?;
+    Ok(Json(v).into_response())
+}
+
+// ------------------------------------------------------------------ operations
+
+pub async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(e) => ApiError::Unavailable(e.to_string()).into_response(),
+    }
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(state.keys.cached_private_keys()),
+    )
+        .into_response()
+}
+
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../../docs/openapi.json"),
+    )
+        .into_response()
+}

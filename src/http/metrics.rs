@@ -1,0 +1,38 @@
+//! Prometheus counters, hand-rolled: a handful of labelled counters do not need a framework.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+
+/// Request counters by route template and status.
+#[derive(Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+}
+
+impl Metrics {
+    /// Count one answered request.
+    pub fn record(&self, route: &str, status: u16) {
+        let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        *m.entry((route.to_owned(), status)).or_default() += 1;
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self, cached_keys: usize) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP pqkms_http_requests_total HTTP requests answered.\n");
+        out.push_str("# TYPE pqkms_http_requests_total counter\n");
+        let m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        for ((route, status), n) in m.iter() {
+            let route = route.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(
+                out,
+                "pqkms_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP pqkms_cached_private_keys Unsealed tenant private keys in memory.\n");
+        out.push_str("# TYPE pqkms_cached_private_keys gauge\n");
+        let _ = writeln!(out, "pqkms_cached_private_keys {cached_keys}");
+        out
+    }
+}

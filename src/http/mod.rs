@@ -1,0 +1,158 @@
+//! The HTTP API (v1): router, request plumbing, and the handlers in [`handlers`].
+
+mod error;
+mod handlers;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+
+pub use error::ApiError;
+
+use crate::auth::{Principal, token_hash};
+use crate::keys::KeyService;
+use crate::store::Store;
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// Key creation and the unsealed-key cache.
+    pub keys: Arc<KeyService>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+/// Limits applied to every request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// Longest a request may take before 503.
+    pub request_timeout: Duration,
+}
+
+/// The whole API.
+pub fn router(state: AppState, limits: Limits) -> Router {
+    let api = Router::new()
+        .route("/v1/tenants", post(handlers::create_tenant))
+        .route("/v1/tenants/{tenant}/tokens", post(handlers::create_token))
+        .route("/v1/tenants/{tenant}/tokens/{id}", delete(handlers::revoke_token))
+        .route(
+            "/v1/tenants/{tenant}/keys",
+            post(handlers::create_key).get(handlers::list_keys),
+        )
+        .route("/v1/tenants/{tenant}/keys/{key}", get(handlers::get_key))
+        .route("/v1/tenants/{tenant}/keys/{key}/data-key", post(handlers::generate_data_key))
+        .route("/v1/tenants/{tenant}/keys/{key}/decrypt", post(handlers::decrypt_data_key))
+        .route("/v1/tenants/{tenant}/keys/{key}/public-key", get(handlers::public_key))
+        .route("/v1/audit", get(handlers::read_audit))
+        .route("/v1/audit/verify", get(handlers::verify_audit))
+        .route("/v1/openapi.json", get(handlers::openapi))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .route("/metrics", get(handlers::metrics));
+    api.layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(state.clone(), request_context))
+        .layer(middleware::from_fn(move |req, next| with_timeout(limits.request_timeout, req, next)))
+        .with_state(state)
+}
+
+/// The request id every response carries and every audit entry records.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Assign a request id, count the answer by route and status.
+async fn request_context(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let mut id = [0u8; 8];
+    // An RNG failure here only weakens request ids, which are correlation handles, not secrets.
+    let _ = getrandom::fill(&mut id);
+    let id = format!("req_{}", hex::encode(id));
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), route = %route);
+    let mut response = tracing::Instrument::instrument(next.run(req), span).await;
+    state.metrics.record(&route, response.status().as_u16());
+    tracing::debug!(request_id = %id, route = %route, status = response.status().as_u16(), "answered");
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+async fn with_timeout(limit: Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::Unavailable(
+            "request timed out".into(),
+        )),
+    }
+}
+
+/// JSON body extractor whose rejections use our error format: 413 over the limit, 400 otherwise.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::TooLarge)
+            }
+            Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
+        }
+    }
+}
+
+/// The authenticated caller. Missing, unknown, expired and revoked tokens are all 401.
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<AppState> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(ApiError::Unauthorized)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthorized)?;
+        let row = state
+            .store
+            .token_by_hash(&token_hash(token))
+            .await
+            .map_err(ApiError::from)?
+            .ok_or(ApiError::Unauthorized)?;
+        Principal::from_token(row, crate::now_ms())
+            .map(Auth)
+            .ok_or(ApiError::Unauthorized)
+    }
+}

@@ -1,0 +1,172 @@
+//! The tenant key hierarchy as the service sees it: creating key versions (sealed under the root
+//! key before they reach the store) and a bounded in-memory cache of unsealed private keys and
+//! parsed public keys.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use pqkms_envelope::{KeyId, KeyRef, RootKey, SealedTenantKey, TenantId, TenantPrivateKey, TenantPublicKey};
+
+use crate::store::VersionRow;
+
+/// Why a key operation failed inside the service.
+#[derive(Debug)]
+pub enum KeyError {
+    /// A stored id or blob does not parse, or the root key cannot unseal it. Operator problem.
+    Corrupt(String),
+    /// The OS RNG failed.
+    Crypto(pqkms_envelope::Error),
+}
+
+impl std::fmt::Display for KeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyError::Corrupt(what) => write!(f, "stored key material unusable: {what}"),
+            KeyError::Crypto(e) => write!(f, "crypto failure: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// Parse a stored hex id.
+pub fn tenant_id(hex: &str) -> Result<TenantId, KeyError> {
+    TenantId::from_hex(hex).ok_or_else(|| KeyError::Corrupt("tenant id".into()))
+}
+
+/// Parse a stored hex id.
+pub fn key_id(hex: &str) -> Result<KeyId, KeyError> {
+    KeyId::from_hex(hex).ok_or_else(|| KeyError::Corrupt("key id".into()))
+}
+
+/// A bounded map; when full, the least recently inserted entry goes. Dropping the last `Arc` of a
+/// private key zeroizes it.
+struct Bounded<V> {
+    capacity: usize,
+    tick: u64,
+    entries: HashMap<(String, i64), (u64, Arc<V>)>,
+}
+
+impl<V> Bounded<V> {
+    fn new(capacity: usize) -> Self {
+        Bounded {
+            capacity: capacity.max(1),
+            tick: 0,
+            entries: HashMap::new(),
+        }
+    }
+
+    fn get(&self, k: &(String, i64)) -> Option<Arc<V>> {
+        self.entries.get(k).map(|(_, v)| v.clone())
+    }
+
+    fn insert(&mut self, k: (String, i64), v: Arc<V>) {
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&k) {
+            if let Some(oldest) = self.entries.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| k.clone()) {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.tick += 1;
+        self.entries.insert(k, (self.tick, v));
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// Creates and opens tenant keys.
+pub struct KeyService {
+    root: RootKey,
+    private: Mutex<Bounded<TenantPrivateKey>>,
+    public: Mutex<Bounded<TenantPublicKey>>,
+}
+
+fn now_ms() -> i64 {
+    crate::now_ms()
+}
+
+impl KeyService {
+    /// A key service over `root`, caching up to `capacity` private and public keys each.
+    pub fn new(root: RootKey, capacity: usize) -> Self {
+        KeyService {
+            root,
+            private: Mutex::new(Bounded::new(capacity)),
+            public: Mutex::new(Bounded::new(capacity)),
+        }
+    }
+
+    /// Generate a key pair version and seal it: the row to store. The private half is kept in
+    /// the cache so the first decrypt does not have to unseal.
+    pub fn new_version(&self, key_ref: KeyRef) -> Result<VersionRow, KeyError> {
+        let private = TenantPrivateKey::generate(key_ref).map_err(KeyError::Crypto)?;
+        let sealed = self.root.seal_tenant_key(&private).map_err(KeyError::Crypto)?;
+        let public = private.public_key();
+        Ok(VersionRow {
+            key_id: key_ref.key.to_string(),
+            version: i64::from(key_ref.version),
+            state: "enabled".into(),
+            sealed_private: sealed.as_bytes().to_vec(),
+            root_version: i64::from(self.root.version()),
+            public_key: public.to_bytes(),
+            fingerprint: public.fingerprint().to_string(),
+            created_at: now_ms(),
+        })
+    }
+
+    /// The parsed public key of a stored version (validated once, then cached).
+    pub fn public_key(&self, row: &VersionRow) -> Result<Arc<TenantPublicKey>, KeyError> {
+        let cache_key = (row.key_id.clone(), row.version);
+        if let Some(k) = lock(&self.public).get(&cache_key) {
+            return Ok(k);
+        }
+        let key = Arc::new(
+            TenantPublicKey::from_bytes(&row.public_key)
+                .map_err(|e| KeyError::Corrupt(format!("public key: {e}")))?,
+        );
+        lock(&self.public).insert(cache_key, key.clone());
+        Ok(key)
+    }
+
+    /// The unsealed private key of a stored version, checked against the row it came from.
+    pub fn private_key(
+        &self,
+        tenant: TenantId,
+        row: &VersionRow,
+    ) -> Result<Arc<TenantPrivateKey>, KeyError> {
+        let cache_key = (row.key_id.clone(), row.version);
+        if let Some(k) = lock(&self.private).get(&cache_key) {
+            return Ok(k);
+        }
+        let expected = KeyRef {
+            tenant,
+            key: key_id(&row.key_id)?,
+            version: u32::try_from(row.version).map_err(|_| KeyError::Corrupt("version".into()))?,
+        };
+        let sealed = SealedTenantKey::parse(&row.sealed_private)
+            .map_err(|e| KeyError::Corrupt(format!("sealed key: {e}")))?;
+        let key = Arc::new(
+            self.root
+                .unseal_tenant_key(&sealed, &expected)
+                .map_err(|_| KeyError::Corrupt("sealed key does not open under the root key".into()))?,
+        );
+        lock(&self.private).insert(cache_key, key.clone());
+        Ok(key)
+    }
+
+    /// Drop every cached private key (they zeroize as the last reference goes).
+    pub fn clear_cache(&self) {
+        *lock(&self.private) = Bounded::new(lock(&self.private).capacity);
+    }
+
+    /// Number of cached private keys.
+    pub fn cached_private_keys(&self) -> usize {
+        lock(&self.private).len()
+    }
+}
+
+/// A poisoned cache lock only means another request panicked mid-insert; the map is still
+/// consistent (inserts are single operations), so keep serving.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,25 @@
+//! pqkms: an envelope-encryption key-management service with post-quantum hybrid keys.
+//!
+//! Layout: [`config`] and [`server`] start the service; [`http`] is the v1 API; [`auth`] checks
+//! tokens and roles; [`keys`] creates and caches tenant keys (formats and crypto live in the
+//! `pqkms-envelope` crate); [`store`] persists to SQLite or PostgreSQL; [`audit`] is the hash
+//! chain; [`cli`] is the command line.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod audit;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod keys;
+pub mod server;
+pub mod store;
+
+/// Current time as Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

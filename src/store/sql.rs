@@ -1,0 +1,454 @@
+//! [`SqlStore`]: the [`Store`] over sqlx's `Any` driver, for SQLite and PostgreSQL.
+
+use async_trait::async_trait;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+
+use super::{KeyRow, Store, StoreError, StoreResult, TenantRow, TokenRow, VersionRow};
+use crate::audit::{AuditEntry, AuditQuery, NewAuditEntry};
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded, one file, WAL.
+    Sqlite,
+    /// Shared by several nodes.
+    Postgres,
+}
+
+impl Backend {
+    /// Detect from a connection URL.
+    pub fn from_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// The SQL store.
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+fn db_err(e: sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(ref d) = e {
+        if d.is_unique_violation() {
+            return StoreError::Conflict;
+        }
+    }
+    StoreError::Database(e.to_string())
+}
+
+/// SQLite settings applied to every pooled connection: WAL for concurrent readers, FULL sync so a
+/// committed audit entry survives power loss, `secure_delete` so deleted key material is
+/// overwritten in the file, foreign keys on, and a busy timeout instead of instant lock errors.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+     PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA busy_timeout = 10000;";
+
+impl SqlStore {
+    /// Connect, apply per-connection settings and run the backend's migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<SqlStore> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)
+            .ok_or_else(|| StoreError::Database("unsupported database URL scheme".into()))?;
+        let mut options = AnyPoolOptions::new().max_connections(max_connections);
+        if backend == Backend::Sqlite {
+            options = options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute(SQLITE_PRAGMAS).await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(url).await.map_err(db_err)?;
+        let migrator = match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres"),
+        };
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        Ok(SqlStore { pool, backend })
+    }
+
+    /// Which backend this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Start a transaction that will append one audit entry. The first statement takes the
+    /// audit-head lock, so concurrent appenders queue here instead of forking the chain (and a
+    /// SQLite transaction never has to upgrade from a read lock).
+    async fn begin_audited(&self) -> StoreResult<(Transaction<'static, Any>, i64, String)> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1")
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let seq: i64 = row.try_get("seq").map_err(db_err)?;
+        let hash: String = row.try_get("hash").map_err(db_err)?;
+        Ok((tx, seq, hash))
+    }
+
+    /// Append the entry, move the head, commit.
+    async fn commit_audited(
+        mut tx: Transaction<'static, Any>,
+        prev_seq: i64,
+        prev_hash: &str,
+        audit: NewAuditEntry,
+    ) -> StoreResult<AuditEntry> {
+        let e = audit.chain(prev_seq, prev_hash);
+        sqlx::query(
+            "INSERT INTO audit_log (seq, time_ms, principal, tenant, key_name, key_version, \
+             operation, outcome, request_id, context_hash, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(e.seq)
+        .bind(e.time_ms)
+        .bind(&e.principal)
+        .bind(&e.tenant)
+        .bind(&e.key)
+        .bind(e.version)
+        .bind(&e.operation)
+        .bind(&e.outcome)
+        .bind(&e.request_id)
+        .bind(&e.context_hash)
+        .bind(&e.prev_hash)
+        .bind(&e.hash)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+            .bind(e.seq)
+            .bind(&e.hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(e)
+    }
+}
+
+async fn insert_key(tx: &mut Transaction<'static, Any>, key: &KeyRow) -> StoreResult<()> {
+    sqlx::query("INSERT INTO keys (id, tenant_id, name, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(&key.id)
+        .bind(&key.tenant_id)
+        .bind(&key.name)
+        .bind(key.created_at)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+async fn insert_version(tx: &mut Transaction<'static, Any>, v: &VersionRow) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO key_versions (key_id, version, state, sealed_private, root_version, \
+         public_key, fingerprint, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&v.key_id)
+    .bind(v.version)
+    .bind(&v.state)
+    .bind(&v.sealed_private)
+    .bind(v.root_version)
+    .bind(&v.public_key)
+    .bind(&v.fingerprint)
+    .bind(v.created_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(())
+}
+
+fn tenant_row(r: &AnyRow) -> StoreResult<TenantRow> {
+    Ok(TenantRow {
+        id: r.try_get("id").map_err(db_err)?,
+        name: r.try_get("name").map_err(db_err)?,
+        created_at: r.try_get("created_at").map_err(db_err)?,
+    })
+}
+
+fn key_row(r: &AnyRow) -> StoreResult<KeyRow> {
+    Ok(KeyRow {
+        id: r.try_get("id").map_err(db_err)?,
+        tenant_id: r.try_get("tenant_id").map_err(db_err)?,
+        name: r.try_get("name").map_err(db_err)?,
+        created_at: r.try_get("created_at").map_err(db_err)?,
+    })
+}
+
+fn version_row(r: &AnyRow) -> StoreResult<VersionRow> {
+    Ok(VersionRow {
+        key_id: r.try_get("key_id").map_err(db_err)?,
+        version: r.try_get("version").map_err(db_err)?,
+        state: r.try_get("state").map_err(db_err)?,
+        sealed_private: r.try_get("sealed_private").map_err(db_err)?,
+        root_version: r.try_get("root_version").map_err(db_err)?,
+        public_key: r.try_get("public_key").map_err(db_err)?,
+        fingerprint: r.try_get("fingerprint").map_err(db_err)?,
+        created_at: r.try_get("created_at").map_err(db_err)?,
+    })
+}
+
+fn token_row(r: &AnyRow) -> StoreResult<TokenRow> {
+    Ok(TokenRow {
+        id: r.try_get("id").map_err(db_err)?,
+        token_hash: r.try_get("token_hash").map_err(db_err)?,
+        tenant_id: r.try_get("tenant_id").map_err(db_err)?,
+        tenant_name: r.try_get("tenant_name").map_err(db_err)?,
+        roles: r.try_get("roles").map_err(db_err)?,
+        created_at: r.try_get("created_at").map_err(db_err)?,
+        expires_at: r.try_get("expires_at").map_err(db_err)?,
+        revoked_at: r.try_get("revoked_at").map_err(db_err)?,
+    })
+}
+
+fn audit_row(r: &AnyRow) -> StoreResult<AuditEntry> {
+    Ok(AuditEntry {
+        seq: r.try_get("seq").map_err(db_err)?,
+        time_ms: r.try_get("time_ms").map_err(db_err)?,
+        principal: r.try_get("principal").map_err(db_err)?,
+        tenant: r.try_get("tenant").map_err(db_err)?,
+        key: r.try_get("key_name").map_err(db_err)?,
+        version: r.try_get("key_version").map_err(db_err)?,
+        operation: r.try_get("operation").map_err(db_err)?,
+        outcome: r.try_get("outcome").map_err(db_err)?,
+        request_id: r.try_get("request_id").map_err(db_err)?,
+        context_hash: r.try_get("context_hash").map_err(db_err)?,
+        prev_hash: r.try_get("prev_hash").map_err(db_err)?,
+        hash: r.try_get("hash").map_err(db_err)?,
+    })
+}
+
+/// `SELECT <every key_versions column> FROM key_versions <tail>`, as one static string.
+macro_rules! select_versions {
+    ($tail:literal) => {
+        concat!(
+            "SELECT key_id, version, state, sealed_private, root_version, public_key, ",
+            "fingerprint, created_at FROM key_versions ",
+            $tail
+        )
+    };
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn is_empty(&self) -> StoreResult<bool> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM tenants) + (SELECT COUNT(*) FROM tokens) AS n",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let n: i64 = row.try_get("n").map_err(db_err)?;
+        Ok(n == 0)
+    }
+
+    async fn create_tenant(
+        &self,
+        tenant: &TenantRow,
+        key: &KeyRow,
+        version: &VersionRow,
+        audit: NewAuditEntry,
+    ) -> StoreResult<AuditEntry> {
+        let (mut tx, seq, hash) = self.begin_audited().await?;
+        sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(&tenant.id)
+            .bind(&tenant.name)
+            .bind(tenant.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        insert_key(&mut tx, key).await?;
+        insert_version(&mut tx, version).await?;
+        Self::commit_audited(tx, seq, &hash, audit).await
+    }
+
+    async fn create_key(
+        &self,
+        key: &KeyRow,
+        version: &VersionRow,
+        audit: NewAuditEntry,
+    ) -> StoreResult<AuditEntry> {
+        let (mut tx, seq, hash) = self.begin_audited().await?;
+        insert_key(&mut tx, key).await?;
+        insert_version(&mut tx, version).await?;
+        Self::commit_audited(tx, seq, &hash, audit).await
+    }
+
+    async fn create_token(
+        &self,
+        token: &TokenRow,
+        audit: NewAuditEntry,
+    ) -> StoreResult<AuditEntry> {
+        let (mut tx, seq, hash) = self.begin_audited().await?;
+        sqlx::query(
+            "INSERT INTO tokens (id, token_hash, tenant_id, roles, created_at, expires_at, \
+             revoked_at) VALUES ($1, $2, $3, $4, $5, $6, NULL)",
+        )
+        .bind(&token.id)
+        .bind(&token.token_hash)
+        .bind(&token.tenant_id)
+        .bind(&token.roles)
+        .bind(token.created_at)
+        .bind(token.expires_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        Self::commit_audited(tx, seq, &hash, audit).await
+    }
+
+    async fn revoke_token(
+        &self,
+        tenant_id: Option<&str>,
+        token_id: &str,
+        now: i64,
+        audit: NewAuditEntry,
+    ) -> StoreResult<AuditEntry> {
+        let (mut tx, seq, hash) = self.begin_audited().await?;
+        // One statement decides: no separate existence check to race with.
+        let sql = match tenant_id {
+            Some(_) => {
+                "UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND tenant_id = $3 \
+                 AND revoked_at IS NULL"
+            }
+            None => {
+                "UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND tenant_id IS NULL \
+                 AND revoked_at IS NULL"
+            }
+        };
+        let mut q = sqlx::query(sql).bind(now).bind(token_id);
+        if let Some(t) = tenant_id {
+            q = q.bind(t);
+        }
+        let done = q.execute(&mut *tx).await.map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await.map_err(db_err)?;
+            return Err(StoreError::NotFound);
+        }
+        Self::commit_audited(tx, seq, &hash, audit).await
+    }
+
+    async fn append_audit(&self, audit: NewAuditEntry) -> StoreResult<AuditEntry> {
+        let (tx, seq, hash) = self.begin_audited().await?;
+        Self::commit_audited(tx, seq, &hash, audit).await
+    }
+
+    async fn tenant_by_name(&self, name: &str) -> StoreResult<Option<TenantRow>> {
+        let row = sqlx::query("SELECT id, name, created_at FROM tenants WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(tenant_row).transpose()
+    }
+
+    async fn key_by_name(&self, tenant_id: &str, name: &str) -> StoreResult<Option<KeyRow>> {
+        let row = sqlx::query(
+            "SELECT id, tenant_id, name, created_at FROM keys WHERE tenant_id = $1 AND name = $2",
+        )
+        .bind(tenant_id)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(key_row).transpose()
+    }
+
+    async fn list_keys(&self, tenant_id: &str) -> StoreResult<Vec<KeyRow>> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, name, created_at FROM keys WHERE tenant_id = $1 ORDER BY name",
+        )
+        .bind(tenant_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(key_row).collect()
+    }
+
+    async fn versions(&self, key_id: &str) -> StoreResult<Vec<VersionRow>> {
+        let rows = sqlx::query(select_versions!("WHERE key_id = $1 ORDER BY version"))
+            .bind(key_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(version_row).collect()
+    }
+
+    async fn version(&self, key_id: &str, version: i64) -> StoreResult<Option<VersionRow>> {
+        let row = sqlx::query(select_versions!("WHERE key_id = $1 AND version = $2"))
+            .bind(key_id)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(version_row).transpose()
+    }
+
+    async fn token_by_hash(&self, token_hash: &str) -> StoreResult<Option<TokenRow>> {
+        let row = sqlx::query(
+            "SELECT t.id, t.token_hash, t.tenant_id, n.name AS tenant_name, t.roles, \
+             t.created_at, t.expires_at, t.revoked_at \
+             FROM tokens t LEFT JOIN tenants n ON n.id = t.tenant_id WHERE t.token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.as_ref().map(token_row).transpose()
+    }
+
+    async fn audit_entries(&self, q: &AuditQuery) -> StoreResult<Vec<AuditEntry>> {
+        // Optional filters as "$n IS NULL OR column = $n" keep one static statement.
+        let rows = sqlx::query(
+            "SELECT seq, time_ms, principal, tenant, key_name, key_version, operation, outcome, \
+             request_id, context_hash, prev_hash, hash FROM audit_log \
+             WHERE seq > $1 \
+             AND ($2 IS NULL OR tenant = $2) \
+             AND ($3 IS NULL OR operation = $3) \
+             AND ($4 IS NULL OR time_ms >= $4) \
+             AND ($5 IS NULL OR time_ms < $5) \
+             ORDER BY seq LIMIT $6",
+        )
+        .bind(q.after_seq)
+        .bind(&q.tenant)
+        .bind(&q.operation)
+        .bind(q.since_ms)
+        .bind(q.until_ms)
+        .bind(q.limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(audit_row).collect()
+    }
+
+    async fn audit_head(&self) -> StoreResult<(i64, String)> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok((
+            row.try_get("seq").map_err(db_err)?,
+            row.try_get("hash").map_err(db_err)?,
+        ))
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
