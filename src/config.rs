@@ -39,7 +39,9 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            bind: DEFAULT_BIND.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8650))),
+            bind: DEFAULT_BIND
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8650))),
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             database_url: None,
             root_key_file: None,
@@ -59,7 +61,10 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("bind", &self.bind)
             .field("data_dir", &self.data_dir)
-            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
             .field("root_key_file", &self.root_key_file)
             .field(
                 "root_key_inline",
@@ -173,7 +178,8 @@ mod tests {
     fn file_rejects_unknown_fields_such_as_an_inline_root_key() {
         let r: Result<FileConfig, _> = toml::from_str("root_key = \"abc\"");
         assert!(r.is_err());
-        let f: FileConfig = toml::from_str("bind = \"127.0.0.1:9000\"\nmax_body_bytes = 10").unwrap();
+        let f: FileConfig =
+            toml::from_str("bind = \"127.0.0.1:9000\"\nmax_body_bytes = 10").unwrap();
         let mut c = Config::default();
         f.apply(&mut c);
         assert_eq!(c.bind.port(), 9000);

@@ -43,11 +43,16 @@ pub fn parse_root_key(text: &str) -> Result<RootKey, StartError> {
     let (Some(ROOT_KEY_HEADER), Some(version), Some(hex_key), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(err(format!("root key must read `{ROOT_KEY_HEADER} <version> <64 hex digits>`")));
+        return Err(err(format!(
+            "root key must read `{ROOT_KEY_HEADER} <version> <64 hex digits>`"
+        )));
     };
-    let version: u32 = version.parse().map_err(|_| err("root key version is not a number"))?;
+    let version: u32 = version
+        .parse()
+        .map_err(|_| err("root key version is not a number"))?;
     let mut bytes = Zeroizing::new([0u8; 32]);
-    hex::decode_to_slice(hex_key, &mut bytes[..]).map_err(|_| err("root key is not 64 hex digits"))?;
+    hex::decode_to_slice(hex_key, &mut bytes[..])
+        .map_err(|_| err("root key is not 64 hex digits"))?;
     RootKey::from_bytes(version, &bytes).map_err(|e| err(format!("root key: {e}")))
 }
 
@@ -98,7 +103,8 @@ fn load_root_key(config: &Config, embedded: bool) -> Result<RootKey, StartError>
 }
 
 fn create_data_dir(dir: &Path) -> Result<(), StartError> {
-    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -111,7 +117,11 @@ fn create_data_dir(dir: &Path) -> Result<(), StartError> {
 /// On an empty store, create the first operator token and write it to
 /// `<data dir>/operator.token` (0600). The token itself is never logged.
 async fn bootstrap(store: &dyn Store, data_dir: &Path) -> Result<(), StartError> {
-    if !store.is_empty().await.map_err(|e| err(format!("database: {e}")))? {
+    if !store
+        .is_empty()
+        .await
+        .map_err(|e| err(format!("database: {e}")))?
+    {
         return Ok(());
     }
     let path = data_dir.join("operator.token");
@@ -185,7 +195,10 @@ fn create_private_db_file(config: &Config) -> Result<(), StartError> {
 /// The database URL the config implies.
 pub fn database_url(config: &Config) -> String {
     config.database_url.clone().unwrap_or_else(|| {
-        format!("sqlite://{}?mode=rwc", config.data_dir.join("pqkms.db").display())
+        format!(
+            "sqlite://{}?mode=rwc",
+            config.data_dir.join("pqkms.db").display()
+        )
     })
 }
 
@@ -193,7 +206,10 @@ pub fn database_url(config: &Config) -> String {
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     create_data_dir(&config.data_dir)?;
     let url = database_url(config);
-    let embedded = config.database_url.as_deref().is_none_or(|u| u.starts_with("sqlite:"));
+    let embedded = config
+        .database_url
+        .as_deref()
+        .is_none_or(|u| u.starts_with("sqlite:"));
     let root = load_root_key(config, embedded)?;
     create_private_db_file(config)?;
     let store = SqlStore::connect(&url, config.max_connections)

@@ -192,7 +192,10 @@ impl ChainVerifier {
         }
         self.checked += 1;
         let problem = if e.seq != self.expected_seq {
-            Some(format!("expected entry {}, found {}", self.expected_seq, e.seq))
+            Some(format!(
+                "expected entry {}, found {}",
+                self.expected_seq, e.seq
+            ))
         } else if e.prev_hash != self.prev_hash {
             Some("link to the previous entry is broken".to_owned())
         } else if e.compute_hash() != e.hash {
@@ -216,11 +219,15 @@ impl ChainVerifier {
 
     /// Compare with the head row and produce the verdict.
     pub fn finish(mut self, head_seq: i64, head_hash: &str) -> Verification {
-        if self.failure.is_none() && (head_seq != self.expected_seq - 1 || head_hash != self.prev_hash)
+        if self.failure.is_none()
+            && (head_seq != self.expected_seq - 1 || head_hash != self.prev_hash)
         {
             self.failure = Some((
                 self.expected_seq,
-                format!("chain ends at entry {} but the head records entry {head_seq}", self.expected_seq - 1),
+                format!(
+                    "chain ends at entry {} but the head records entry {head_seq}",
+                    self.expected_seq - 1
+                ),
             ));
         }
         let (first_bad_seq, problem) = match self.failure {
@@ -238,7 +245,9 @@ impl ChainVerifier {
 }
 
 /// Read the whole chain from `store` in pages and verify it.
-pub async fn verify_chain(store: &dyn crate::store::Store) -> crate::store::StoreResult<Verification> {
+pub async fn verify_chain(
+    store: &dyn crate::store::Store,
+) -> crate::store::StoreResult<Verification> {
     let (head_seq, head_hash) = store.audit_head().await?;
     let mut verifier = ChainVerifier::default();
     let mut query = AuditQuery {
@@ -281,7 +290,9 @@ mod tests {
     fn chain(n: i64) -> Vec<AuditEntry> {
         let mut out: Vec<AuditEntry> = Vec::new();
         for i in 0..n {
-            let (seq, prev) = out.last().map_or((0, GENESIS_HASH.to_owned()), |e| (e.seq, e.hash.clone()));
+            let (seq, prev) = out
+                .last()
+                .map_or((0, GENESIS_HASH.to_owned()), |e| (e.seq, e.hash.clone()));
             out.push(entry(i).chain(seq, &prev));
         }
         out

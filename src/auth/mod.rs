@@ -108,7 +108,11 @@ impl Principal {
             Action::ReadAudit => self.has(Role::Operator) || self.has(Role::TenantAdmin),
             Action::VerifyAudit => self.has(Role::Operator),
         };
-        if allowed { Ok(()) } else { Err(Denied::Forbidden) }
+        if allowed {
+            Ok(())
+        } else {
+            Err(Denied::Forbidden)
+        }
     }
 
     /// Build from a stored token, refusing revoked and expired ones.

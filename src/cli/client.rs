@@ -39,7 +39,11 @@ impl Client {
             .map_err(|e| format!("cannot reach {}: {e}", self.base))?;
         let status = resp.status();
         let body = resp.text().await.map_err(|e| e.to_string())?;
-        let value: Value = if body.is_empty() { Value::Null } else { serde_json::from_str(&body).unwrap_or(Value::String(body)) };
+        let value: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&body).unwrap_or(Value::String(body))
+        };
         if status.is_success() {
             Ok(value)
         } else {
@@ -54,7 +58,8 @@ impl Client {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Result<Value, String> {
-        self.send(self.request(reqwest::Method::POST, path).json(&body)).await
+        self.send(self.request(reqwest::Method::POST, path).json(&body))
+            .await
     }
 
     pub async fn delete(&self, path: &str) -> Result<Value, String> {
@@ -64,7 +69,10 @@ impl Client {
     /// Print the answer as JSON (`--json`) or as the summary `human` makes.
     pub fn show(&self, v: &Value, human: impl Fn(&Value) -> String) -> Result<(), String> {
         if self.json {
-            println!("{}", serde_json::to_string_pretty(v).map_err(|e| e.to_string())?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(v).map_err(|e| e.to_string())?
+            );
         } else {
             println!("{}", human(v));
         }

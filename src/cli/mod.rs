@@ -67,7 +67,12 @@ struct ServeArgs {
 #[derive(Args, Debug, Clone)]
 struct ClientArgs {
     /// Service address.
-    #[arg(long, env = "PQKMS_ADDR", default_value = "http://127.0.0.1:8650", global = true)]
+    #[arg(
+        long,
+        env = "PQKMS_ADDR",
+        default_value = "http://127.0.0.1:8650",
+        global = true
+    )]
     addr: String,
     /// Bearer token.
     #[arg(long, env = "PQKMS_TOKEN", hide_env_values = true, global = true)]
@@ -245,13 +250,19 @@ fn serve_config(args: ServeArgs) -> Result<Config, String> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PQKMS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -274,20 +285,36 @@ async fn run(command: Command) -> Result<(), String> {
             init_logging();
             let config = serve_config(args)?;
             tracing::debug!(?config, "configuration");
-            crate::server::serve(config).await.map_err(|e| e.to_string())
+            crate::server::serve(config)
+                .await
+                .map_err(|e| e.to_string())
         }
         Command::Tenant(TenantCmd::Create { name, client }) => {
             let c = client::Client::new(&client.addr, client.token, client.json)?;
-            let v = c.post("/v1/tenants", serde_json::json!({ "name": name })).await?;
-            c.show(&v, |v| format!("created tenant {} (id {}) with key `default`", v["tenant"], v["id"]))
+            let v = c
+                .post("/v1/tenants", serde_json::json!({ "name": name }))
+                .await?;
+            c.show(&v, |v| {
+                format!(
+                    "created tenant {} (id {}) with key `default`",
+                    v["tenant"], v["id"]
+                )
+            })
         }
-        Command::Token(TokenCmd::Create { tenant, roles, ttl, client }) => {
+        Command::Token(TokenCmd::Create {
+            tenant,
+            roles,
+            ttl,
+            client,
+        }) => {
             let c = client::Client::new(&client.addr, client.token, client.json)?;
             let mut body = serde_json::json!({ "roles": roles });
             if let Some(ttl) = ttl {
                 body["ttl_seconds"] = ttl.into();
             }
-            let v = c.post(&format!("/v1/tenants/{tenant}/tokens"), body).await?;
+            let v = c
+                .post(&format!("/v1/tenants/{tenant}/tokens"), body)
+                .await?;
             c.show(&v, |v| {
                 format!(
                     "token id: {}\nroles:    {}\ntoken:    {}\n(shown once; store it now)",
@@ -299,13 +326,27 @@ async fn run(command: Command) -> Result<(), String> {
         }
         Command::Token(TokenCmd::Revoke { tenant, id, client }) => {
             let c = client::Client::new(&client.addr, client.token, client.json)?;
-            c.delete(&format!("/v1/tenants/{tenant}/tokens/{id}")).await?;
-            c.show(&serde_json::json!({ "revoked": id }), |_| format!("revoked {id}"))
+            c.delete(&format!("/v1/tenants/{tenant}/tokens/{id}"))
+                .await?;
+            c.show(&serde_json::json!({ "revoked": id }), |_| {
+                format!("revoked {id}")
+            })
         }
-        Command::Key(KeyCmd::Create { tenant, name, client }) => {
+        Command::Key(KeyCmd::Create {
+            tenant,
+            name,
+            client,
+        }) => {
             let c = client::Client::new(&client.addr, client.token, client.json)?;
-            let v = c.post(&format!("/v1/tenants/{tenant}/keys"), serde_json::json!({ "name": name })).await?;
-            c.show(&v, |v| format!("created key {} version {}", v["name"], v["current_version"]))
+            let v = c
+                .post(
+                    &format!("/v1/tenants/{tenant}/keys"),
+                    serde_json::json!({ "name": name }),
+                )
+                .await?;
+            c.show(&v, |v| {
+                format!("created key {} version {}", v["name"], v["current_version"])
+            })
         }
         Command::Key(KeyCmd::List { tenant, client }) => {
             let c = client::Client::new(&client.addr, client.token, client.json)?;
@@ -319,14 +360,25 @@ async fn run(command: Command) -> Result<(), String> {
                         .and_then(|vs| vs.iter().find(|x| x["version"].as_i64() == Some(current)))
                         .and_then(|x| x["fingerprint"].as_str())
                         .unwrap_or("");
-                    out.push_str(&format!("\n{:<24} {:>7}  {}", k["name"].as_str().unwrap_or(""), current, fp));
+                    out.push_str(&format!(
+                        "\n{:<24} {:>7}  {}",
+                        k["name"].as_str().unwrap_or(""),
+                        current,
+                        fp
+                    ));
                 }
                 out
             })
         }
-        Command::Key(KeyCmd::PublicKey { tenant, key, client }) => {
+        Command::Key(KeyCmd::PublicKey {
+            tenant,
+            key,
+            client,
+        }) => {
             let c = client::Client::new(&client.addr, client.token, client.json)?;
-            let v = c.get(&format!("/v1/tenants/{tenant}/keys/{key}/public-key")).await?;
+            let v = c
+                .get(&format!("/v1/tenants/{tenant}/keys/{key}/public-key"))
+                .await?;
             c.show(&v, |v| {
                 format!(
                     "version:     {}\nfingerprint: {}\npublic_key:  {}",
@@ -336,13 +388,21 @@ async fn run(command: Command) -> Result<(), String> {
                 )
             })
         }
-        Command::DataKey(DataKeyCmd::Generate { tenant, key, context, no_plaintext, client }) => {
+        Command::DataKey(DataKeyCmd::Generate {
+            tenant,
+            key,
+            context,
+            no_plaintext,
+            client,
+        }) => {
             let c = client::Client::new(&client.addr, client.token, client.json)?;
             let body = serde_json::json!({
                 "context": context.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
                 "include_plaintext": !no_plaintext,
             });
-            let v = c.post(&format!("/v1/tenants/{tenant}/keys/{key}/data-key"), body).await?;
+            let v = c
+                .post(&format!("/v1/tenants/{tenant}/keys/{key}/data-key"), body)
+                .await?;
             c.show(&v, |v| {
                 let mut out = format!(
                     "version:     {}\nwrapped_key: {}",
@@ -355,11 +415,18 @@ async fn run(command: Command) -> Result<(), String> {
                 out
             })
         }
-        Command::DataKey(DataKeyCmd::Decrypt { tenant, key, wrapped, context, client }) => {
+        Command::DataKey(DataKeyCmd::Decrypt {
+            tenant,
+            key,
+            wrapped,
+            context,
+            client,
+        }) => {
             let c = client::Client::new(&client.addr, client.token, client.json)?;
             let wrapped = if wrapped == "-" {
                 let mut s = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| e.to_string())?;
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .map_err(|e| e.to_string())?;
                 s.trim().to_owned()
             } else {
                 wrapped
@@ -368,9 +435,15 @@ async fn run(command: Command) -> Result<(), String> {
                 "wrapped_key": wrapped,
                 "context": context.into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             });
-            let v = c.post(&format!("/v1/tenants/{tenant}/keys/{key}/decrypt"), body).await?;
+            let v = c
+                .post(&format!("/v1/tenants/{tenant}/keys/{key}/decrypt"), body)
+                .await?;
             c.show(&v, |v| {
-                format!("version:   {}\nplaintext: {}", v["version"], v["plaintext"].as_str().unwrap_or(""))
+                format!(
+                    "version:   {}\nplaintext: {}",
+                    v["version"],
+                    v["plaintext"].as_str().unwrap_or("")
+                )
             })
         }
         Command::Audit(AuditCmd::Verify { client }) => {
@@ -378,7 +451,11 @@ async fn run(command: Command) -> Result<(), String> {
             let v = c.get("/v1/audit/verify").await?;
             c.show(&v, |v| {
                 if v["ok"].as_bool() == Some(true) {
-                    format!("audit chain OK: {} entries, head {}", v["entries"], v["head"].as_str().unwrap_or(""))
+                    format!(
+                        "audit chain OK: {} entries, head {}",
+                        v["entries"],
+                        v["head"].as_str().unwrap_or("")
+                    )
                 } else {
                     format!(
                         "audit chain BROKEN at entry {}: {}",
@@ -387,9 +464,18 @@ async fn run(command: Command) -> Result<(), String> {
                     )
                 }
             })?;
-            if v["ok"].as_bool() == Some(true) { Ok(()) } else { Err("audit verification failed".into()) }
+            if v["ok"].as_bool() == Some(true) {
+                Ok(())
+            } else {
+                Err("audit verification failed".into())
+            }
         }
-        Command::Audit(AuditCmd::List { tenant, operation, limit, client }) => {
+        Command::Audit(AuditCmd::List {
+            tenant,
+            operation,
+            limit,
+            client,
+        }) => {
             let c = client::Client::new(&client.addr, client.token, client.json)?;
             let mut path = format!("/v1/audit?limit={limit}");
             if let Some(t) = tenant {
@@ -410,7 +496,9 @@ async fn run(command: Command) -> Result<(), String> {
                         e["outcome"].as_str().unwrap_or(""),
                         e["tenant"].as_str().unwrap_or("-"),
                         e["key"].as_str().unwrap_or("-"),
-                        e["version"].as_i64().map_or("-".to_owned(), |v| v.to_string()),
+                        e["version"]
+                            .as_i64()
+                            .map_or("-".to_owned(), |v| v.to_string()),
                         e["principal"].as_str().unwrap_or("")
                     ));
                 }

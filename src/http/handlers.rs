@@ -174,9 +174,7 @@ pub async fn create_token(
     let roles = parse_roles(&body.roles.join(","))
         .filter(|r| !r.is_empty() && !r.contains(&Role::Operator))
         .ok_or_else(|| {
-            ApiError::BadRequest(
-                "roles: one or more of tenant-admin, encrypt, decrypt".into(),
-            )
+            ApiError::BadRequest("roles: one or more of tenant-admin, encrypt, decrypt".into())
         })?;
     let now = crate::now_ms();
     let expires_at = match body.ttl_seconds {
@@ -262,7 +260,11 @@ struct KeyInfo {
 
 async fn key_info(state: &AppState, key: KeyRow) -> ApiResult<KeyInfo> {
     let versions = state.store.versions(&key.id).await?;
-    let current_version = versions.iter().rev().find(|v| v.state == "enabled").map(|v| v.version);
+    let current_version = versions
+        .iter()
+        .rev()
+        .find(|v| v.state == "enabled")
+        .map(|v| v.version);
     Ok(KeyInfo {
         name: key.name,
         id: key.id,
@@ -510,7 +512,9 @@ pub async fn read_audit(
             limit,
         })
         .await?;
-    let next = (entries.len() as i64 == limit).then(|| entries.last().map(|e| e.seq)).flatten();
+    let next = (entries.len() as i64 == limit)
+        .then(|| entries.last().map(|e| e.seq))
+        .flatten();
     Ok(Json(json!({ "entries": entries, "next_after": next })).into_response())
 }
 

@@ -47,15 +47,27 @@ pub fn router(state: AppState, limits: Limits) -> Router {
     let api = Router::new()
         .route("/v1/tenants", post(handlers::create_tenant))
         .route("/v1/tenants/{tenant}/tokens", post(handlers::create_token))
-        .route("/v1/tenants/{tenant}/tokens/{id}", delete(handlers::revoke_token))
+        .route(
+            "/v1/tenants/{tenant}/tokens/{id}",
+            delete(handlers::revoke_token),
+        )
         .route(
             "/v1/tenants/{tenant}/keys",
             post(handlers::create_key).get(handlers::list_keys),
         )
         .route("/v1/tenants/{tenant}/keys/{key}", get(handlers::get_key))
-        .route("/v1/tenants/{tenant}/keys/{key}/data-key", post(handlers::generate_data_key))
-        .route("/v1/tenants/{tenant}/keys/{key}/decrypt", post(handlers::decrypt_data_key))
-        .route("/v1/tenants/{tenant}/keys/{key}/public-key", get(handlers::public_key))
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}/data-key",
+            post(handlers::generate_data_key),
+        )
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}/decrypt",
+            post(handlers::decrypt_data_key),
+        )
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}/public-key",
+            get(handlers::public_key),
+        )
         .route("/v1/audit", get(handlers::read_audit))
         .route("/v1/audit/verify", get(handlers::verify_audit))
         .route("/v1/openapi.json", get(handlers::openapi))
@@ -63,8 +75,13 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics));
     api.layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), request_context))
-        .layer(middleware::from_fn(move |req, next| with_timeout(limits.request_timeout, req, next)))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_context,
+        ))
+        .layer(middleware::from_fn(move |req, next| {
+            with_timeout(limits.request_timeout, req, next)
+        }))
         .with_state(state)
 }
 
@@ -88,7 +105,8 @@ async fn request_context(
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
     req.extensions_mut().insert(RequestId(id.clone()));
-    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), route = %route);
+    let span =
+        tracing::info_span!("request", request_id = %id, method = %req.method(), route = %route);
     let mut response = tracing::Instrument::instrument(next.run(req), span).await;
     state.metrics.record(&route, response.status().as_u16());
     tracing::debug!(request_id = %id, route = %route, status = response.status().as_u16(), "answered");

@@ -2,10 +2,12 @@
 //! key before they reach the store) and a bounded in-memory cache of unsealed private keys and
 //! parsed public keys.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use pqkms_envelope::{KeyId, KeyRef, RootKey, SealedTenantKey, TenantId, TenantPrivateKey, TenantPublicKey};
+use pqkms_envelope::{
+    KeyId, KeyRef, RootKey, SealedTenantKey, TenantId, TenantPrivateKey, TenantPublicKey,
+};
 
 use crate::store::VersionRow;
 
@@ -39,35 +41,40 @@ pub fn key_id(hex: &str) -> Result<KeyId, KeyError> {
     KeyId::from_hex(hex).ok_or_else(|| KeyError::Corrupt("key id".into()))
 }
 
-/// A bounded map; when full, the least recently inserted entry goes. Dropping the last `Arc` of a
+/// A bounded map with first-in-first-out eviction (O(1) per insert). Dropping the last `Arc` of a
 /// private key zeroizes it.
 struct Bounded<V> {
     capacity: usize,
-    tick: u64,
-    entries: HashMap<(String, i64), (u64, Arc<V>)>,
+    order: VecDeque<(String, i64)>,
+    entries: HashMap<(String, i64), Arc<V>>,
 }
 
 impl<V> Bounded<V> {
     fn new(capacity: usize) -> Self {
         Bounded {
             capacity: capacity.max(1),
-            tick: 0,
+            order: VecDeque::new(),
             entries: HashMap::new(),
         }
     }
 
     fn get(&self, k: &(String, i64)) -> Option<Arc<V>> {
-        self.entries.get(k).map(|(_, v)| v.clone())
+        self.entries.get(k).cloned()
     }
 
     fn insert(&mut self, k: (String, i64), v: Arc<V>) {
-        if self.entries.len() >= self.capacity && !self.entries.contains_key(&k) {
-            if let Some(oldest) = self.entries.iter().min_by_key(|(_, (t, _))| *t).map(|(k, _)| k.clone()) {
-                self.entries.remove(&oldest);
+        if self.entries.insert(k.clone(), v).is_some() {
+            return;
+        }
+        self.order.push_back(k);
+        while self.entries.len() > self.capacity {
+            match self.order.pop_front() {
+                Some(oldest) => {
+                    self.entries.remove(&oldest);
+                }
+                None => break,
             }
         }
-        self.tick += 1;
-        self.entries.insert(k, (self.tick, v));
     }
 
     fn len(&self) -> usize {
@@ -100,9 +107,12 @@ impl KeyService {
     /// the cache so the first decrypt does not have to unseal.
     pub fn new_version(&self, key_ref: KeyRef) -> Result<VersionRow, KeyError> {
         let private = TenantPrivateKey::generate(key_ref).map_err(KeyError::Crypto)?;
-        let sealed = self.root.seal_tenant_key(&private).map_err(KeyError::Crypto)?;
+        let sealed = self
+            .root
+            .seal_tenant_key(&private)
+            .map_err(KeyError::Crypto)?;
         let public = private.public_key();
-        Ok(VersionRow {
+        let row = VersionRow {
             key_id: key_ref.key.to_string(),
             version: i64::from(key_ref.version),
             state: "enabled".into(),
@@ -111,7 +121,9 @@ impl KeyService {
             public_key: public.to_bytes(),
             fingerprint: public.fingerprint().to_string(),
             created_at: now_ms(),
-        })
+        };
+        lock(&self.private).insert((row.key_id.clone(), row.version), Arc::new(private));
+        Ok(row)
     }
 
     /// The parsed public key of a stored version (validated once, then cached).
@@ -148,7 +160,9 @@ impl KeyService {
         let key = Arc::new(
             self.root
                 .unseal_tenant_key(&sealed, &expected)
-                .map_err(|_| KeyError::Corrupt("sealed key does not open under the root key".into()))?,
+                .map_err(|_| {
+                    KeyError::Corrupt("sealed key does not open under the root key".into())
+                })?,
         );
         lock(&self.private).insert(cache_key, key.clone());
         Ok(key)
@@ -156,7 +170,9 @@ impl KeyService {
 
     /// Drop every cached private key (they zeroize as the last reference goes).
     pub fn clear_cache(&self) {
-        *lock(&self.private) = Bounded::new(lock(&self.private).capacity);
+        let mut cache = lock(&self.private);
+        let capacity = cache.capacity;
+        *cache = Bounded::new(capacity);
     }
 
     /// Number of cached private keys.
@@ -169,4 +185,48 @@ impl KeyService {
 /// consistent (inserts are single operations), so keep serving.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_is_bounded_and_evicts_oldest_first() {
+        let mut b: Bounded<u32> = Bounded::new(2);
+        b.insert(("a".into(), 1), Arc::new(1));
+        b.insert(("b".into(), 1), Arc::new(2));
+        b.insert(("a".into(), 1), Arc::new(3));
+        assert_eq!(b.len(), 2);
+        b.insert(("c".into(), 1), Arc::new(4));
+        assert_eq!(b.len(), 2);
+        assert!(b.get(&("a".into(), 1)).is_none());
+        assert_eq!(b.get(&("c".into(), 1)).as_deref(), Some(&4));
+    }
+
+    #[test]
+    fn new_versions_are_cached_and_unseal_after_a_cache_clear() {
+        let service = KeyService::new(RootKey::generate(1).unwrap(), 4);
+        let key_ref = KeyRef {
+            tenant: TenantId::random().unwrap(),
+            key: KeyId::random().unwrap(),
+            version: 1,
+        };
+        let row = service.new_version(key_ref).unwrap();
+        assert_eq!(service.cached_private_keys(), 1);
+        service.clear_cache();
+        assert_eq!(service.cached_private_keys(), 0);
+        let private = service.private_key(key_ref.tenant, &row).unwrap();
+        assert_eq!(
+            private.public_key().fingerprint().to_string(),
+            row.fingerprint
+        );
+        // A row moved to another tenant does not unseal.
+        service.clear_cache();
+        assert!(
+            service
+                .private_key(TenantId::random().unwrap(), &row)
+                .is_err()
+        );
+    }
 }

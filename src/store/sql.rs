@@ -36,10 +36,10 @@ pub struct SqlStore {
 }
 
 fn db_err(e: sqlx::Error) -> StoreError {
-    if let sqlx::Error::Database(ref d) = e {
-        if d.is_unique_violation() {
-            return StoreError::Conflict;
-        }
+    if let sqlx::Error::Database(ref d) = e
+        && d.is_unique_violation()
+    {
+        return StoreError::Conflict;
     }
     StoreError::Database(e.to_string())
 }
@@ -244,7 +244,10 @@ macro_rules! select_versions {
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map_err(db_err)?;
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_err)?;
         Ok(())
     }
 
