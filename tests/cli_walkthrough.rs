@@ -68,7 +68,7 @@ fn mode(path: &Path) -> u32 {
 fn readme_walkthrough_with_the_real_binary() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = serve(dir.path(), port);
+    let server = serve(dir.path(), port);
     wait_ready(port);
 
     let data = dir.path().join("pqkms-data");
@@ -192,7 +192,10 @@ fn readme_walkthrough_with_the_real_binary() {
         );
     }
     #[cfg(not(unix))]
-    server.kill().unwrap();
+    {
+        let mut server = server;
+        server.kill().unwrap();
+    }
 
     // Restart on the same data directory: same root key, the old wrapped key still opens.
     let port = free_port();
