@@ -16,14 +16,28 @@ async fn data_key_round_trip_survives_restart() {
         let mut issued = Vec::new();
         for _ in 0..5 {
             let (s, v) = server
-                .call(Method::POST, &format!("{path}/data-key"), Some(&acme.encrypt), Some(json!({ "context": ctx })))
+                .call(
+                    Method::POST,
+                    &format!("{path}/data-key"),
+                    Some(&acme.encrypt),
+                    Some(json!({ "context": ctx })),
+                )
                 .await;
             assert_eq!(s, StatusCode::OK, "{backend:?} {v}");
             assert_eq!(v["version"], 1);
             issued.push((v["wrapped_key"].clone(), v["plaintext"].clone()));
         }
         server.restart().await;
-        assert_eq!(server.running.as_ref().unwrap().state.keys.cached_private_keys(), 0);
+        assert_eq!(
+            server
+                .running
+                .as_ref()
+                .unwrap()
+                .state
+                .keys
+                .cached_private_keys(),
+            0
+        );
         for (wrapped, plaintext) in &issued {
             let (s, v) = server
                 .call(
@@ -36,7 +50,14 @@ async fn data_key_round_trip_survives_restart() {
             assert_eq!(s, StatusCode::OK, "{backend:?} {v}");
             assert_eq!(&v["plaintext"], plaintext);
         }
-        let (s, v) = server.call(Method::GET, "/v1/audit/verify", Some(&server.operator), None).await;
+        let (s, v) = server
+            .call(
+                Method::GET,
+                "/v1/audit/verify",
+                Some(&server.operator),
+                None,
+            )
+            .await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(v["ok"], true, "{v}");
         // bootstrap + tenant + 3 tokens + 5 generates + 5 decrypts

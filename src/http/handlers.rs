@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use super::{ApiError, ApiJson, AppState, Auth, RequestId};
+use super::{ApiError, ApiJson, ApiPath as Path, ApiQuery as Query, AppState, Auth, RequestId};
 use crate::audit::{AuditQuery, NewAuditEntry, verify_chain};
-use crate::auth::{Action, Principal, Role, new_token, parse_roles};
+use crate::auth::{Action, Principal, Role, new_token};
 use crate::keys::{key_id, tenant_id};
 use crate::store::{KeyRow, TenantRow, TokenRow, VersionRow};
 
@@ -171,11 +171,20 @@ pub async fn create_token(
 ) -> ApiResult<Response> {
     authorize(&p, Action::ManageTokens(&tenant_name))?;
     let t = tenant(&state, &tenant_name).await?;
-    let roles = parse_roles(&body.roles.join(","))
-        .filter(|r| !r.is_empty() && !r.contains(&Role::Operator))
-        .ok_or_else(|| {
-            ApiError::BadRequest("roles: one or more of tenant-admin, encrypt, decrypt".into())
-        })?;
+    let bad_roles =
+        || ApiError::BadRequest("roles: one or more of tenant-admin, encrypt, decrypt".into());
+    let mut roles: Vec<Role> = Vec::new();
+    for name in &body.roles {
+        let role = Role::parse(name)
+            .filter(|r| *r != Role::Operator)
+            .ok_or_else(bad_roles)?;
+        if !roles.contains(&role) {
+            roles.push(role);
+        }
+    }
+    if roles.is_empty() {
+        return Err(bad_roles());
+    }
     let now = crate::now_ms();
     let expires_at = match body.ttl_seconds {
         None => None,
@@ -541,6 +550,18 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(state.keys.cached_private_keys()),
+    )
+        .into_response()
+}
+
+pub async fn no_route() -> Response {
+    ApiError::NotFound("no such route").into_response()
+}
+
+pub async fn no_method() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(json!({ "error": { "code": "method_not_allowed", "message": "method not allowed on this route" } })),
     )
         .into_response()
 }

@@ -53,8 +53,13 @@ fn admin_pg_url() -> String {
 /// Replace the database name in a postgres URL.
 fn pg_url_for(db: &str) -> String {
     let base = admin_pg_url();
-    let (head, query) = base.split_once('?').map_or((base.as_str(), None), |(h, q)| (h, Some(q)));
-    let slash = head.rfind('/').filter(|&i| i > "postgres://".len()).unwrap_or(head.len());
+    let (head, query) = base
+        .split_once('?')
+        .map_or((base.as_str(), None), |(h, q)| (h, Some(q)));
+    let slash = head
+        .rfind('/')
+        .filter(|&i| i > "postgres://".len())
+        .unwrap_or(head.len());
     let mut url = format!("{}/{db}", &head[..slash]);
     if let Some(q) = query {
         url.push('?');
@@ -97,7 +102,11 @@ impl TestServer {
             let key_file = dir.path().join("root.key");
             let mut key = [0u8; 32];
             getrandom::fill(&mut key).unwrap();
-            std::fs::write(&key_file, format!("pqkms-root-key-v1 1 {}\n", hex::encode(key))).unwrap();
+            std::fs::write(
+                &key_file,
+                format!("pqkms-root-key-v1 1 {}\n", hex::encode(key)),
+            )
+            .unwrap();
             config.root_key_file = Some(key_file);
             db_name = Some(name);
         }
@@ -188,7 +197,12 @@ impl TestServer {
     /// Create a tenant and a token per role.
     pub async fn tenant(&self, name: &str) -> Tenant {
         let (s, v) = self
-            .call(Method::POST, "/v1/tenants", Some(&self.operator), Some(json!({ "name": name })))
+            .call(
+                Method::POST,
+                "/v1/tenants",
+                Some(&self.operator),
+                Some(json!({ "name": name })),
+            )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         let mut tokens = Vec::new();
@@ -210,10 +224,18 @@ impl TestServer {
             body["ttl_seconds"] = t.into();
         }
         let (s, v) = self
-            .call(Method::POST, &format!("/v1/tenants/{tenant}/tokens"), Some(&self.operator), Some(body))
+            .call(
+                Method::POST,
+                &format!("/v1/tenants/{tenant}/tokens"),
+                Some(&self.operator),
+                Some(body),
+            )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
-        (v["token"].as_str().unwrap().to_owned(), v["id"].as_str().unwrap().to_owned())
+        (
+            v["token"].as_str().unwrap().to_owned(),
+            v["id"].as_str().unwrap().to_owned(),
+        )
     }
 }
 
