@@ -34,6 +34,10 @@ pub struct Config {
     pub max_connections: u32,
     /// Per-request time limit, seconds.
     pub request_timeout_secs: u64,
+    /// Shortest destruction waiting period a request may ask for, seconds (default 7 days).
+    pub min_destroy_waiting_secs: i64,
+    /// How often each node runs due destructions and rotations and sweeps its key cache, ms.
+    pub lifecycle_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -50,6 +54,8 @@ impl Default for Config {
             key_cache_capacity: 10_000,
             max_connections: 8,
             request_timeout_secs: 30,
+            min_destroy_waiting_secs: 7 * 24 * 3600,
+            lifecycle_interval_ms: 5000,
         }
     }
 }
@@ -74,6 +80,8 @@ impl fmt::Debug for Config {
             .field("key_cache_capacity", &self.key_cache_capacity)
             .field("max_connections", &self.max_connections)
             .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("min_destroy_waiting_secs", &self.min_destroy_waiting_secs)
+            .field("lifecycle_interval_ms", &self.lifecycle_interval_ms)
             .finish()
     }
 }
@@ -115,6 +123,8 @@ pub struct FileConfig {
     key_cache_capacity: Option<usize>,
     max_connections: Option<u32>,
     request_timeout_secs: Option<u64>,
+    min_destroy_waiting_secs: Option<i64>,
+    lifecycle_interval_ms: Option<u64>,
 }
 
 impl FileConfig {
@@ -151,12 +161,44 @@ impl FileConfig {
         if let Some(v) = self.request_timeout_secs {
             c.request_timeout_secs = v;
         }
+        if let Some(v) = self.min_destroy_waiting_secs {
+            c.min_destroy_waiting_secs = v;
+        }
+        if let Some(v) = self.lifecycle_interval_ms {
+            c.lifecycle_interval_ms = v;
+        }
     }
+}
+
+/// Parse a duration like `90d`, `12h`, `30m`, `45s` into seconds.
+pub fn parse_duration_secs(s: &str) -> Option<i64> {
+    let s = s.trim();
+    let split = s.len().checked_sub(1)?;
+    let (n, unit) = s.split_at(split);
+    let n: i64 = n.parse().ok().filter(|n| *n >= 0)?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration_secs("90d"), Some(90 * 86_400));
+        assert_eq!(parse_duration_secs("12h"), Some(43_200));
+        assert_eq!(parse_duration_secs("1s"), Some(1));
+        for bad in ["", "d", "-1d", "10", "10w", "1.5h", "99999999999999999d"] {
+            assert_eq!(parse_duration_secs(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn debug_redacts_secrets() {

@@ -149,6 +149,7 @@ async fn bootstrap(store: &dyn Store, data_dir: &Path) -> Result<(), StartError>
         outcome: "ok".into(),
         request_id: "bootstrap".into(),
         context_hash: None,
+        detail: None,
     };
     if let Err(e) = store.create_token(&row, audit).await {
         let _ = std::fs::remove_file(&path);
@@ -166,6 +167,8 @@ pub struct Running {
     pub state: AppState,
     shutdown: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    worker_stop: tokio::sync::watch::Sender<bool>,
+    worker: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -173,6 +176,8 @@ impl Running {
     pub async fn stop(self) -> std::io::Result<()> {
         let _ = self.shutdown.send(());
         let r = self.task.await.map_err(std::io::Error::other)?;
+        let _ = self.worker_stop.send(true);
+        let _ = self.worker.await;
         self.state.store.close().await;
         r
     }
@@ -222,6 +227,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         store,
         keys: Arc::new(KeyService::new(root, config.key_cache_capacity)),
         metrics: Arc::new(Metrics::default()),
+        min_destroy_waiting_secs: config.min_destroy_waiting_secs,
     };
     let app = router(
         state.clone(),
@@ -242,12 +248,20 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
             })
             .await
     });
+    let (worker_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(crate::http::lifecycle_worker(
+        state.clone(),
+        Duration::from_millis(config.lifecycle_interval_ms.max(10)),
+        stop_rx,
+    ));
     tracing::info!(%addr, database = %crate::config::redact_url(&url), "pqkms listening");
     Ok(Running {
         addr,
         state,
         shutdown: tx,
         task,
+        worker_stop,
+        worker,
     })
 }
 

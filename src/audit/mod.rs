@@ -5,7 +5,8 @@
 //! ```text
 //! hash_n = SHA-256( "pqkms/v1/audit" || u64(seq) || i64(time_ms) || field(principal)
 //!                   || field(tenant) || field(key) || i64-or-absent(version) || field(operation)
-//!                   || field(outcome) || field(request_id) || field(context_hash) || prev_hash )
+//!                   || field(outcome) || field(request_id) || field(context_hash)
+//!                   || field(detail) || prev_hash )
 //! field(s)  = 0x01 || u32(len) || bytes   (0x00 if absent);  integers big-endian
 //! prev_hash of entry 1 = 32 zero bytes; hashes are stored as 64 hex digits
 //! ```
@@ -42,6 +43,8 @@ pub struct NewAuditEntry {
     pub request_id: String,
     /// Hex SHA-256 digest of the encryption context, when there was one.
     pub context_hash: Option<String>,
+    /// Non-secret facts, e.g. a destruction receipt (JSON text).
+    pub detail: Option<String>,
 }
 
 /// A stored audit entry.
@@ -67,6 +70,8 @@ pub struct AuditEntry {
     pub request_id: String,
     /// Context digest.
     pub context_hash: Option<String>,
+    /// Non-secret facts, e.g. a destruction receipt (JSON text).
+    pub detail: Option<String>,
     /// Hash of the previous entry.
     pub prev_hash: String,
     /// Hash of this entry.
@@ -104,6 +109,7 @@ impl NewAuditEntry {
             outcome: self.outcome,
             request_id: self.request_id,
             context_hash: self.context_hash,
+            detail: self.detail,
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
         };
@@ -143,6 +149,7 @@ impl AuditEntry {
         field(&mut h, Some(&self.outcome));
         field(&mut h, Some(&self.request_id));
         field(&mut h, self.context_hash.as_deref());
+        field(&mut h, self.detail.as_deref());
         h.update(self.prev_hash.as_bytes());
         hex::encode(h.finalize())
     }
@@ -284,6 +291,7 @@ mod tests {
             outcome: "ok".into(),
             request_id: format!("r{i}"),
             context_hash: None,
+            detail: None,
         }
     }
 

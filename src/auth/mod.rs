@@ -68,6 +68,8 @@ pub enum Action<'a> {
     GenerateDataKey(&'a str),
     /// Decrypt a data key.
     DecryptDataKey(&'a str),
+    /// Re-wrap a data key to the newest version (opens it, never reveals it).
+    RewrapDataKey(&'a str),
     /// Read the audit log (the handler narrows a tenant admin to its tenant).
     ReadAudit,
     /// Verify the whole audit chain.
@@ -104,7 +106,9 @@ impl Principal {
                 (self.has(Role::Encrypt) || self.has(Role::TenantAdmin)) && self.owns(t)
             }
             Action::GenerateDataKey(t) => self.has(Role::Encrypt) && self.owns(t),
-            Action::DecryptDataKey(t) => self.has(Role::Decrypt) && self.owns(t),
+            Action::DecryptDataKey(t) | Action::RewrapDataKey(t) => {
+                self.has(Role::Decrypt) && self.owns(t)
+            }
             Action::ReadAudit => self.has(Role::Operator) || self.has(Role::TenantAdmin),
             Action::VerifyAudit => self.has(Role::Operator),
         };

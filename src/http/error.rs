@@ -26,6 +26,10 @@ pub enum ApiError {
     TooLarge,
     /// 422: the wrapped key does not open. Uniform, whatever the cause.
     Unopenable,
+    /// 409 with a specific code: the key's state forbids this (disabled, retired, no version).
+    KeyState(&'static str, String),
+    /// 410: the key material was destroyed (crypto-shredded) at this time (Unix ms).
+    Destroyed(i64),
     /// 500: logged, never described.
     Internal(String),
     /// 503: the database is unreachable.
@@ -48,8 +52,9 @@ impl From<KeyError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The status and the JSON body; batch results carry the body of each failed item.
+    pub fn status_and_body(self) -> (StatusCode, serde_json::Value) {
         let (status, code, message) = match self {
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", m),
             ApiError::Unauthorized => (
@@ -74,6 +79,17 @@ impl IntoResponse for ApiError {
                 "decryption_failed",
                 "the wrapped key cannot be opened with this tenant, key and context".into(),
             ),
+            ApiError::KeyState(code, message) => (StatusCode::CONFLICT, code, message),
+            ApiError::Destroyed(at) => {
+                return (
+                    StatusCode::GONE,
+                    json!({ "error": {
+                        "code": "key_destroyed",
+                        "message": "the key material for this data was destroyed; the data cannot be recovered",
+                        "destroyed_at": at,
+                    } }),
+                );
+            }
             ApiError::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 (
@@ -93,8 +109,19 @@ impl IntoResponse for ApiError {
         };
         (
             status,
-            Json(json!({ "error": { "code": code, "message": message } })),
+            json!({ "error": { "code": code, "message": message } }),
         )
-            .into_response()
+    }
+
+    /// The JSON body alone.
+    pub fn body(self) -> serde_json::Value {
+        self.status_and_body().1
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.status_and_body();
+        (status, Json(body)).into_response()
     }
 }

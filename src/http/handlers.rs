@@ -45,12 +45,17 @@ fn check_name(name: &str) -> ApiResult<()> {
     }
 }
 
-fn authorize(p: &Principal, action: Action<'_>) -> ApiResult<()> {
+pub(super) fn authorize(p: &Principal, action: Action<'_>) -> ApiResult<()> {
     p.authorize(action).map_err(|_| ApiError::Forbidden)
 }
 
 /// The audit entry skeleton for this request.
-fn audit(p: &Principal, req: &RequestId, operation: &str, tenant: Option<&str>) -> NewAuditEntry {
+pub(super) fn audit(
+    p: &Principal,
+    req: &RequestId,
+    operation: &str,
+    tenant: Option<&str>,
+) -> NewAuditEntry {
     NewAuditEntry {
         time_ms: crate::now_ms(),
         principal: p.token_id.clone(),
@@ -61,10 +66,11 @@ fn audit(p: &Principal, req: &RequestId, operation: &str, tenant: Option<&str>) 
         outcome: "ok".to_owned(),
         request_id: req.0.clone(),
         context_hash: None,
+        detail: None,
     }
 }
 
-async fn tenant(state: &AppState, name: &str) -> ApiResult<TenantRow> {
+pub(super) async fn tenant(state: &AppState, name: &str) -> ApiResult<TenantRow> {
     state
         .store
         .tenant_by_name(name)
@@ -72,7 +78,7 @@ async fn tenant(state: &AppState, name: &str) -> ApiResult<TenantRow> {
         .ok_or(ApiError::NotFound("no such tenant"))
 }
 
-async fn key(state: &AppState, tenant: &TenantRow, name: &str) -> ApiResult<KeyRow> {
+pub(super) async fn key(state: &AppState, tenant: &TenantRow, name: &str) -> ApiResult<KeyRow> {
     state
         .store
         .key_by_name(&tenant.id, name)
@@ -80,19 +86,23 @@ async fn key(state: &AppState, tenant: &TenantRow, name: &str) -> ApiResult<KeyR
         .ok_or(ApiError::NotFound("no such key"))
 }
 
-/// The newest enabled version: what new data keys are wrapped to.
-async fn current_version(state: &AppState, key: &KeyRow) -> ApiResult<VersionRow> {
-    state
-        .store
-        .versions(&key.id)
-        .await?
-        .into_iter()
-        .rev()
-        .find(|v| v.state == "enabled")
-        .ok_or_else(|| ApiError::Internal(format!("key {} has no enabled version", key.id)))
+/// The newest enabled version: what new data keys are wrapped to. A key with none answers 410 if
+/// every version was destroyed, 409 `key_disabled` otherwise.
+pub(super) async fn current_version(state: &AppState, key: &KeyRow) -> ApiResult<VersionRow> {
+    let versions = state.store.versions(&key.id).await?;
+    if let Some(v) = versions.iter().rev().find(|v| v.state == "enabled") {
+        return Ok(v.clone());
+    }
+    match versions.iter().filter_map(|v| v.destroyed_at).max() {
+        Some(at) if versions.iter().all(|v| v.state == "destroyed") => Err(ApiError::Destroyed(at)),
+        _ => Err(ApiError::KeyState(
+            "key_disabled",
+            "no enabled version of this key: it is disabled or scheduled for destruction".into(),
+        )),
+    }
 }
 
-fn context_of(map: Option<BTreeMap<String, String>>) -> EncryptionContext {
+pub(super) fn context_of(map: Option<BTreeMap<String, String>>) -> EncryptionContext {
     map.map(EncryptionContext::from).unwrap_or_default()
 }
 
@@ -130,6 +140,9 @@ pub async fn create_tenant(
         tenant_id: tenant.id.clone(),
         name: "default".into(),
         created_at: now,
+        min_decryption_version: 1,
+        rotation_period_secs: None,
+        next_rotation_at: None,
     };
     let mut entry = audit(&p, &req, "tenant.create", Some(&body.name));
     entry.key = Some("default".into());
@@ -149,7 +162,7 @@ pub async fn create_tenant(
         .into_response())
 }
 
-fn crypto(e: pqkms_envelope::Error) -> ApiError {
+pub(super) fn crypto(e: pqkms_envelope::Error) -> ApiError {
     ApiError::Internal(format!("crypto: {e}"))
 }
 
@@ -312,6 +325,9 @@ pub async fn create_key(
         tenant_id: t.id,
         name: body.name.clone(),
         created_at: crate::now_ms(),
+        min_decryption_version: 1,
+        rotation_period_secs: None,
+        next_rotation_at: None,
     };
     let mut entry = audit(&p, &req, "key.create", Some(&tenant_name));
     entry.key = Some(body.name.clone());
@@ -441,44 +457,92 @@ pub async fn decrypt_data_key(
     entry.context_hash = Some(hex::encode(context.digest().as_bytes()));
 
     let opened = open_wrapped(&state, &t, &k, &blob, &context).await?;
-    entry.version = opened.as_ref().map(|(v, _)| *v).ok();
-    if opened.is_err() {
-        entry.outcome = "failed".into();
-    }
+    entry.version = opened.version();
+    entry.outcome = opened.outcome().into();
     state.store.append_audit(entry).await?;
-    let (version, data_key) = opened.map_err(|()| ApiError::Unopenable)?;
+    let (version, data_key) = opened.into_result()?;
     let plaintext = Zeroizing::new(B64.encode(data_key.expose_secret()));
     Ok(Json(json!({ "plaintext": plaintext.as_str(), "version": version })).into_response())
 }
 
-/// Open a wrapped key for (tenant, key). `Ok(Err(()))` is the uniform "does not open"; `Err` is a
-/// server-side failure (database, unusable stored key).
-async fn open_wrapped(
+/// What happened to a wrapped key presented for opening.
+pub(super) enum Opened {
+    /// It opened under this version.
+    Key(i64, pqkms_envelope::DataKey),
+    /// It does not open (any cause): the uniform 422.
+    Unopenable,
+    /// Its version exists but its state forbids use: retired, disabled, or destroyed.
+    Refused(i64, ApiError),
+}
+
+impl Opened {
+    pub(super) fn version(&self) -> Option<i64> {
+        match self {
+            Opened::Key(v, _) | Opened::Refused(v, _) => Some(*v),
+            Opened::Unopenable => None,
+        }
+    }
+
+    pub(super) fn outcome(&self) -> &'static str {
+        match self {
+            Opened::Key(..) => "ok",
+            Opened::Unopenable => "failed",
+            Opened::Refused(..) => "refused",
+        }
+    }
+
+    pub(super) fn into_result(self) -> ApiResult<(i64, pqkms_envelope::DataKey)> {
+        match self {
+            Opened::Key(v, k) => Ok((v, k)),
+            Opened::Unopenable => Err(ApiError::Unopenable),
+            Opened::Refused(_, e) => Err(e),
+        }
+    }
+}
+
+/// Open a wrapped key for (tenant, key): the one implementation behind decrypt and re-wrap.
+/// `Err` is a server-side failure (database, unusable stored key).
+pub(super) async fn open_wrapped(
     state: &AppState,
     t: &TenantRow,
     k: &KeyRow,
     blob: &[u8],
     context: &EncryptionContext,
-) -> ApiResult<Result<(i64, pqkms_envelope::DataKey), ()>> {
+) -> ApiResult<Opened> {
     let Ok(wrapped) = WrappedDataKey::parse(blob) else {
-        return Ok(Err(()));
+        return Ok(Opened::Unopenable);
     };
     let r = wrapped.key_ref();
     if r.tenant != tenant_id(&t.id)? || r.key != key_id(&k.id)? {
-        return Ok(Err(()));
+        return Ok(Opened::Unopenable);
     }
     let version = i64::from(r.version);
     let Some(row) = state.store.version(&k.id, version).await? else {
-        return Ok(Err(()));
+        return Ok(Opened::Unopenable);
     };
-    if row.state != "enabled" {
-        return Ok(Err(()));
+    let refusal = match row.state.as_str() {
+        "destroyed" => Some(ApiError::Destroyed(row.destroyed_at.unwrap_or(0))),
+        "enabled" if version < k.min_decryption_version => Some(ApiError::KeyState(
+            "version_retired",
+            format!(
+                "version {version} is below this key's min_decryption_version ({}); re-wrap data to a newer version",
+                k.min_decryption_version
+            ),
+        )),
+        "enabled" => None,
+        _ => Some(ApiError::KeyState(
+            "key_disabled",
+            format!("version {version} is disabled or scheduled for destruction"),
+        )),
+    };
+    if let Some(e) = refusal {
+        return Ok(Opened::Refused(version, e));
     }
     let private = state.keys.private_key(r.tenant, &row)?;
-    Ok(private
-        .unwrap_data_key(&wrapped, context)
-        .map(|dk| (version, dk))
-        .map_err(|_| ()))
+    Ok(match private.unwrap_data_key(&wrapped, context) {
+        Ok(dk) => Opened::Key(version, dk),
+        Err(_) => Opened::Unopenable,
+    })
 }
 
 // ------------------------------------------------------------------ audit

@@ -2,6 +2,7 @@
 
 mod error;
 mod handlers;
+mod lifecycle;
 pub mod metrics;
 
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
 pub use error::ApiError;
+pub use lifecycle::lifecycle_tick;
+pub(crate) use lifecycle::worker as lifecycle_worker;
 
 use crate::auth::{Principal, token_hash};
 use crate::keys::KeyService;
@@ -31,6 +34,8 @@ pub struct AppState {
     pub keys: Arc<KeyService>,
     /// Counters for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
+    /// Shortest destruction waiting period a request may ask for, seconds.
+    pub min_destroy_waiting_secs: i64,
 }
 
 /// Limits applied to every request.
@@ -67,6 +72,38 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route(
             "/v1/tenants/{tenant}/keys/{key}/public-key",
             get(handlers::public_key),
+        )
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}/rotate",
+            post(lifecycle::rotate),
+        )
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}/rewrap",
+            post(lifecycle::rewrap),
+        )
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}/rewrap-batch",
+            post(lifecycle::rewrap_batch),
+        )
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}/config",
+            post(lifecycle::configure),
+        )
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}/disable",
+            post(lifecycle::disable),
+        )
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}/enable",
+            post(lifecycle::enable),
+        )
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}/destroy",
+            post(lifecycle::destroy),
+        )
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}/cancel-destroy",
+            post(lifecycle::cancel_destroy),
         )
         .route("/v1/audit", get(handlers::read_audit))
         .route("/v1/audit/verify", get(handlers::verify_audit))

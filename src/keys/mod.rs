@@ -80,6 +80,12 @@ impl<V> Bounded<V> {
     fn len(&self) -> usize {
         self.entries.len()
     }
+
+    fn remove(&mut self, k: &(String, i64)) {
+        if self.entries.remove(k).is_some() {
+            self.order.retain(|o| o != k);
+        }
+    }
 }
 
 /// Creates and opens tenant keys.
@@ -116,11 +122,13 @@ impl KeyService {
             key_id: key_ref.key.to_string(),
             version: i64::from(key_ref.version),
             state: "enabled".into(),
-            sealed_private: sealed.as_bytes().to_vec(),
+            sealed_private: Some(sealed.as_bytes().to_vec()),
             root_version: i64::from(self.root.version()),
             public_key: public.to_bytes(),
             fingerprint: public.fingerprint().to_string(),
             created_at: now_ms(),
+            destroy_at: None,
+            destroyed_at: None,
         };
         lock(&self.private).insert((row.key_id.clone(), row.version), Arc::new(private));
         Ok(row)
@@ -155,7 +163,11 @@ impl KeyService {
             key: key_id(&row.key_id)?,
             version: u32::try_from(row.version).map_err(|_| KeyError::Corrupt("version".into()))?,
         };
-        let sealed = SealedTenantKey::parse(&row.sealed_private)
+        let sealed_bytes = row
+            .sealed_private
+            .as_deref()
+            .ok_or_else(|| KeyError::Corrupt("key material destroyed".into()))?;
+        let sealed = SealedTenantKey::parse(sealed_bytes)
             .map_err(|e| KeyError::Corrupt(format!("sealed key: {e}")))?;
         let key = Arc::new(
             self.root
@@ -173,6 +185,14 @@ impl KeyService {
         let mut cache = lock(&self.private);
         let capacity = cache.capacity;
         *cache = Bounded::new(capacity);
+    }
+
+    /// Forget one version (disabled, destroyed): its unsealed key is zeroized as the last
+    /// reference goes.
+    pub fn evict(&self, key_id: &str, version: i64) {
+        let k = (key_id.to_owned(), version);
+        lock(&self.private).remove(&k);
+        lock(&self.public).remove(&k);
     }
 
     /// Number of cached private keys.

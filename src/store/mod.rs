@@ -62,6 +62,12 @@ pub struct KeyRow {
     pub name: String,
     /// Unix milliseconds.
     pub created_at: i64,
+    /// Versions below this refuse to decrypt (retired).
+    pub min_decryption_version: i64,
+    /// Automatic rotation period, seconds.
+    pub rotation_period_secs: Option<i64>,
+    /// When the next automatic rotation is due (Unix ms).
+    pub next_rotation_at: Option<i64>,
 }
 
 /// One version of a key. `sealed_private` is the `PQSK` blob (sealed under the root key).
@@ -71,10 +77,10 @@ pub struct VersionRow {
     pub key_id: String,
     /// Version number, from 1.
     pub version: i64,
-    /// `enabled` (the only state until lifecycle management lands).
+    /// `enabled`, `disabled`, `pending_destruction` or `destroyed`.
     pub state: String,
-    /// Sealed private half.
-    pub sealed_private: Vec<u8>,
+    /// Sealed private half; `None` once destroyed.
+    pub sealed_private: Option<Vec<u8>>,
     /// Root key version that sealed it.
     pub root_version: i64,
     /// `PQPK` export of the public half.
@@ -83,6 +89,40 @@ pub struct VersionRow {
     pub fingerprint: String,
     /// Unix milliseconds.
     pub created_at: i64,
+    /// When a scheduled destruction happens (Unix ms).
+    pub destroy_at: Option<i64>,
+    /// When the material was destroyed (Unix ms).
+    pub destroyed_at: Option<i64>,
+}
+
+/// A version whose destruction is due, with what its receipt records.
+#[derive(Debug, Clone)]
+pub struct DueDestruction {
+    /// Tenant name.
+    pub tenant: String,
+    /// Key name.
+    pub key_name: String,
+    /// Key id.
+    pub key_id: String,
+    /// Version.
+    pub version: i64,
+    /// Public key fingerprint of the destroyed version.
+    pub fingerprint: String,
+    /// When destruction was requested (Unix ms).
+    pub requested_at: i64,
+    /// Token id that requested it.
+    pub requested_by: String,
+    /// When it was scheduled for (Unix ms).
+    pub destroy_at: i64,
+}
+
+/// Which versions a lifecycle change applies to.
+#[derive(Debug, Clone, Copy)]
+pub enum Versions {
+    /// Every version of the key.
+    All,
+    /// One version.
+    One(i64),
 }
 
 /// A token row: only the SHA-256 of the token is stored.
@@ -172,6 +212,74 @@ pub trait Store: Send + Sync {
 
     /// The head row: (newest sequence number, its hash).
     async fn audit_head(&self) -> StoreResult<(i64, String)>;
+
+    /// Add version `max + 1`, built by `make` inside the transaction (so concurrent rotations
+    /// queue instead of colliding). With `due_at = Some(now)` it only rotates if the key's
+    /// scheduled rotation is due, so several nodes cannot rotate the same key twice.
+    async fn rotate_key(
+        &self,
+        key_id: &str,
+        due_at: Option<i64>,
+        make: &(dyn Fn(i64) -> Result<VersionRow, String> + Send + Sync),
+        audit: NewAuditEntry,
+    ) -> StoreResult<(VersionRow, AuditEntry)>;
+
+    /// Move versions in state `from` to `to` (disable / enable). `NotFound` if none matched.
+    async fn set_state(
+        &self,
+        key_id: &str,
+        versions: Versions,
+        from: &str,
+        to: &str,
+        audit: NewAuditEntry,
+    ) -> StoreResult<AuditEntry>;
+
+    /// Schedule destruction of enabled or disabled versions. `NotFound` if none matched.
+    async fn schedule_destroy(
+        &self,
+        key_id: &str,
+        versions: Versions,
+        destroy_at: i64,
+        requested_by: &str,
+        audit: NewAuditEntry,
+    ) -> StoreResult<AuditEntry>;
+
+    /// Cancel a scheduled destruction: versions go back to their previous state.
+    async fn cancel_destroy(
+        &self,
+        key_id: &str,
+        versions: Versions,
+        audit: NewAuditEntry,
+    ) -> StoreResult<AuditEntry>;
+
+    /// Set the retirement floor and the rotation policy of a key.
+    async fn set_policy(
+        &self,
+        key_id: &str,
+        min_decryption_version: i64,
+        rotation_period_secs: Option<i64>,
+        next_rotation_at: Option<i64>,
+        audit: NewAuditEntry,
+    ) -> StoreResult<AuditEntry>;
+
+    /// Versions whose destruction time has come.
+    async fn due_destructions(&self, now: i64) -> StoreResult<Vec<DueDestruction>>;
+
+    /// Delete the sealed material of one due version and append its receipt, in one transaction.
+    /// `NotFound` if it is no longer due (cancelled, or another node did it).
+    async fn destroy_version(
+        &self,
+        key_id: &str,
+        version: i64,
+        now: i64,
+        receipt: NewAuditEntry,
+    ) -> StoreResult<AuditEntry>;
+
+    /// Keys whose scheduled rotation is due: (tenant id, tenant name, key).
+    async fn due_rotations(&self, now: i64) -> StoreResult<Vec<(String, String, KeyRow)>>;
+
+    /// (key id, version) of every version that is not enabled: the key caches drop these.
+    async fn unusable_versions(&self) -> StoreResult<Vec<(String, i64)>>;
 
     /// Close the connection pool cleanly.
     async fn close(&self);

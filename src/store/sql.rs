@@ -4,7 +4,10 @@ use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
-use super::{KeyRow, Store, StoreError, StoreResult, TenantRow, TokenRow, VersionRow};
+use super::{
+    DueDestruction, KeyRow, Store, StoreError, StoreResult, TenantRow, TokenRow, VersionRow,
+    Versions,
+};
 use crate::audit::{AuditEntry, AuditQuery, NewAuditEntry};
 
 /// Which database is behind the pool.
@@ -110,8 +113,8 @@ impl SqlStore {
         let e = audit.chain(prev_seq, prev_hash);
         sqlx::query(
             "INSERT INTO audit_log (seq, time_ms, principal, tenant, key_name, key_version, \
-             operation, outcome, request_id, context_hash, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+             operation, outcome, request_id, context_hash, detail, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(e.seq)
         .bind(e.time_ms)
@@ -123,6 +126,7 @@ impl SqlStore {
         .bind(&e.outcome)
         .bind(&e.request_id)
         .bind(&e.context_hash)
+        .bind(&e.detail)
         .bind(&e.prev_hash)
         .bind(&e.hash)
         .execute(&mut *tx)
@@ -170,6 +174,29 @@ async fn insert_version(tx: &mut Transaction<'static, Any>, v: &VersionRow) -> S
     Ok(())
 }
 
+fn version_filter(v: Versions) -> Option<i64> {
+    match v {
+        Versions::All => None,
+        Versions::One(n) => Some(n),
+    }
+}
+
+/// Commit with the audit entry if the statement changed something; otherwise roll back and
+/// report `NotFound` (nothing in the expected state), so a no-op is never audited as done.
+async fn finish_if_changed(
+    tx: Transaction<'static, Any>,
+    rows_affected: u64,
+    seq: i64,
+    hash: &str,
+    audit: NewAuditEntry,
+) -> StoreResult<AuditEntry> {
+    if rows_affected == 0 {
+        tx.rollback().await.map_err(db_err)?;
+        return Err(StoreError::NotFound);
+    }
+    SqlStore::commit_audited(tx, seq, hash, audit).await
+}
+
 fn tenant_row(r: &AnyRow) -> StoreResult<TenantRow> {
     Ok(TenantRow {
         id: r.try_get("id").map_err(db_err)?,
@@ -184,6 +211,9 @@ fn key_row(r: &AnyRow) -> StoreResult<KeyRow> {
         tenant_id: r.try_get("tenant_id").map_err(db_err)?,
         name: r.try_get("name").map_err(db_err)?,
         created_at: r.try_get("created_at").map_err(db_err)?,
+        min_decryption_version: r.try_get("min_decryption_version").map_err(db_err)?,
+        rotation_period_secs: r.try_get("rotation_period_secs").map_err(db_err)?,
+        next_rotation_at: r.try_get("next_rotation_at").map_err(db_err)?,
     })
 }
 
@@ -197,6 +227,8 @@ fn version_row(r: &AnyRow) -> StoreResult<VersionRow> {
         public_key: r.try_get("public_key").map_err(db_err)?,
         fingerprint: r.try_get("fingerprint").map_err(db_err)?,
         created_at: r.try_get("created_at").map_err(db_err)?,
+        destroy_at: r.try_get("destroy_at").map_err(db_err)?,
+        destroyed_at: r.try_get("destroyed_at").map_err(db_err)?,
     })
 }
 
@@ -225,6 +257,7 @@ fn audit_row(r: &AnyRow) -> StoreResult<AuditEntry> {
         outcome: r.try_get("outcome").map_err(db_err)?,
         request_id: r.try_get("request_id").map_err(db_err)?,
         context_hash: r.try_get("context_hash").map_err(db_err)?,
+        detail: r.try_get("detail").map_err(db_err)?,
         prev_hash: r.try_get("prev_hash").map_err(db_err)?,
         hash: r.try_get("hash").map_err(db_err)?,
     })
@@ -235,7 +268,7 @@ macro_rules! select_versions {
     ($tail:literal) => {
         concat!(
             "SELECT key_id, version, state, sealed_private, root_version, public_key, ",
-            "fingerprint, created_at FROM key_versions ",
+            "fingerprint, created_at, destroy_at, destroyed_at FROM key_versions ",
             $tail
         )
     };
@@ -363,7 +396,8 @@ impl Store for SqlStore {
 
     async fn key_by_name(&self, tenant_id: &str, name: &str) -> StoreResult<Option<KeyRow>> {
         let row = sqlx::query(
-            "SELECT id, tenant_id, name, created_at FROM keys WHERE tenant_id = $1 AND name = $2",
+            "SELECT id, tenant_id, name, created_at, min_decryption_version, rotation_period_secs, \
+             next_rotation_at FROM keys WHERE tenant_id = $1 AND name = $2",
         )
         .bind(tenant_id)
         .bind(name)
@@ -375,7 +409,8 @@ impl Store for SqlStore {
 
     async fn list_keys(&self, tenant_id: &str) -> StoreResult<Vec<KeyRow>> {
         let rows = sqlx::query(
-            "SELECT id, tenant_id, name, created_at FROM keys WHERE tenant_id = $1 ORDER BY name",
+            "SELECT id, tenant_id, name, created_at, min_decryption_version, rotation_period_secs, \
+             next_rotation_at FROM keys WHERE tenant_id = $1 ORDER BY name",
         )
         .bind(tenant_id)
         .fetch_all(&self.pool)
@@ -420,7 +455,7 @@ impl Store for SqlStore {
         // Optional filters as "$n IS NULL OR column = $n" keep one static statement.
         let rows = sqlx::query(
             "SELECT seq, time_ms, principal, tenant, key_name, key_version, operation, outcome, \
-             request_id, context_hash, prev_hash, hash FROM audit_log \
+             request_id, context_hash, detail, prev_hash, hash FROM audit_log \
              WHERE seq > $1 \
              AND ($2 IS NULL OR tenant = $2) \
              AND ($3 IS NULL OR operation = $3) \
@@ -449,6 +484,225 @@ impl Store for SqlStore {
             row.try_get("seq").map_err(db_err)?,
             row.try_get("hash").map_err(db_err)?,
         ))
+    }
+
+    async fn rotate_key(
+        &self,
+        key_id: &str,
+        due_at: Option<i64>,
+        make: &(dyn Fn(i64) -> Result<VersionRow, String> + Send + Sync),
+        audit: NewAuditEntry,
+    ) -> StoreResult<(VersionRow, AuditEntry)> {
+        let (mut tx, seq, hash) = self.begin_audited().await?;
+        let row = sqlx::query(
+            "SELECT k.rotation_period_secs, k.next_rotation_at, \
+             (SELECT MAX(version) FROM key_versions v WHERE v.key_id = k.id) AS max_version \
+             FROM keys k WHERE k.id = $1",
+        )
+        .bind(key_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .ok_or(StoreError::NotFound)?;
+        let period: Option<i64> = row.try_get("rotation_period_secs").map_err(db_err)?;
+        let next: Option<i64> = row.try_get("next_rotation_at").map_err(db_err)?;
+        let max_version: Option<i64> = row.try_get("max_version").map_err(db_err)?;
+        if let Some(now) = due_at
+            && !next.is_some_and(|n| n <= now)
+        {
+            tx.rollback().await.map_err(db_err)?;
+            return Err(StoreError::NotFound);
+        }
+        let version = make(max_version.unwrap_or(0) + 1).map_err(StoreError::Database)?;
+        insert_version(&mut tx, &version).await?;
+        let next_rotation = period.map(|p| version.created_at + p * 1000);
+        sqlx::query("UPDATE keys SET next_rotation_at = $1 WHERE id = $2")
+            .bind(next_rotation)
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        let entry = Self::commit_audited(tx, seq, &hash, audit).await?;
+        Ok((version, entry))
+    }
+
+    async fn set_state(
+        &self,
+        key_id: &str,
+        versions: Versions,
+        from: &str,
+        to: &str,
+        audit: NewAuditEntry,
+    ) -> StoreResult<AuditEntry> {
+        let (mut tx, seq, hash) = self.begin_audited().await?;
+        let done = sqlx::query(
+            "UPDATE key_versions SET state = $1 \
+             WHERE key_id = $2 AND ($3 IS NULL OR version = $3) AND state = $4",
+        )
+        .bind(to)
+        .bind(key_id)
+        .bind(version_filter(versions))
+        .bind(from)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        finish_if_changed(tx, done.rows_affected(), seq, &hash, audit).await
+    }
+
+    async fn schedule_destroy(
+        &self,
+        key_id: &str,
+        versions: Versions,
+        destroy_at: i64,
+        requested_by: &str,
+        audit: NewAuditEntry,
+    ) -> StoreResult<AuditEntry> {
+        let (mut tx, seq, hash) = self.begin_audited().await?;
+        let done = sqlx::query(
+            "UPDATE key_versions SET state_before_destroy = state, state = 'pending_destruction', \
+             destroy_at = $1, destroy_requested_at = $2, destroy_requested_by = $3 \
+             WHERE key_id = $4 AND ($5 IS NULL OR version = $5) \
+             AND state IN ('enabled', 'disabled')",
+        )
+        .bind(destroy_at)
+        .bind(audit.time_ms)
+        .bind(requested_by)
+        .bind(key_id)
+        .bind(version_filter(versions))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        finish_if_changed(tx, done.rows_affected(), seq, &hash, audit).await
+    }
+
+    async fn cancel_destroy(
+        &self,
+        key_id: &str,
+        versions: Versions,
+        audit: NewAuditEntry,
+    ) -> StoreResult<AuditEntry> {
+        let (mut tx, seq, hash) = self.begin_audited().await?;
+        let done = sqlx::query(
+            "UPDATE key_versions SET state = state_before_destroy, state_before_destroy = NULL, \
+             destroy_at = NULL, destroy_requested_at = NULL, destroy_requested_by = NULL \
+             WHERE key_id = $1 AND ($2 IS NULL OR version = $2) \
+             AND state = 'pending_destruction'",
+        )
+        .bind(key_id)
+        .bind(version_filter(versions))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        finish_if_changed(tx, done.rows_affected(), seq, &hash, audit).await
+    }
+
+    async fn set_policy(
+        &self,
+        key_id: &str,
+        min_decryption_version: i64,
+        rotation_period_secs: Option<i64>,
+        next_rotation_at: Option<i64>,
+        audit: NewAuditEntry,
+    ) -> StoreResult<AuditEntry> {
+        let (mut tx, seq, hash) = self.begin_audited().await?;
+        let done = sqlx::query(
+            "UPDATE keys SET min_decryption_version = $1, rotation_period_secs = $2, \
+             next_rotation_at = $3 WHERE id = $4",
+        )
+        .bind(min_decryption_version)
+        .bind(rotation_period_secs)
+        .bind(next_rotation_at)
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        finish_if_changed(tx, done.rows_affected(), seq, &hash, audit).await
+    }
+
+    async fn due_destructions(&self, now: i64) -> StoreResult<Vec<DueDestruction>> {
+        let rows = sqlx::query(
+            "SELECT t.name AS tenant, k.name AS key_name, k.id AS key_id, v.version, \
+             v.fingerprint, v.destroy_requested_at, v.destroy_requested_by, v.destroy_at \
+             FROM key_versions v JOIN keys k ON k.id = v.key_id JOIN tenants t ON t.id = k.tenant_id \
+             WHERE v.state = 'pending_destruction' AND v.destroy_at <= $1 ORDER BY v.destroy_at",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(DueDestruction {
+                    tenant: r.try_get("tenant").map_err(db_err)?,
+                    key_name: r.try_get("key_name").map_err(db_err)?,
+                    key_id: r.try_get("key_id").map_err(db_err)?,
+                    version: r.try_get("version").map_err(db_err)?,
+                    fingerprint: r.try_get("fingerprint").map_err(db_err)?,
+                    requested_at: r.try_get("destroy_requested_at").map_err(db_err)?,
+                    requested_by: r.try_get("destroy_requested_by").map_err(db_err)?,
+                    destroy_at: r.try_get("destroy_at").map_err(db_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn destroy_version(
+        &self,
+        key_id: &str,
+        version: i64,
+        now: i64,
+        receipt: NewAuditEntry,
+    ) -> StoreResult<AuditEntry> {
+        let (mut tx, seq, hash) = self.begin_audited().await?;
+        // Overwrite, then drop the sealed material. (SQLite runs with secure_delete, so freed
+        // pages are zeroed too.)
+        let done = sqlx::query(
+            "UPDATE key_versions SET sealed_private = NULL, state = 'destroyed', destroyed_at = $1, \
+             state_before_destroy = NULL \
+             WHERE key_id = $2 AND version = $3 AND state = 'pending_destruction' AND destroy_at <= $1",
+        )
+        .bind(now)
+        .bind(key_id)
+        .bind(version)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        finish_if_changed(tx, done.rows_affected(), seq, &hash, receipt).await
+    }
+
+    async fn due_rotations(&self, now: i64) -> StoreResult<Vec<(String, String, KeyRow)>> {
+        let rows = sqlx::query(
+            "SELECT k.id, k.tenant_id, t.name AS tenant_name, k.name, k.created_at, \
+             k.min_decryption_version, k.rotation_period_secs, k.next_rotation_at \
+             FROM keys k JOIN tenants t ON t.id = k.tenant_id \
+             WHERE k.next_rotation_at IS NOT NULL AND k.next_rotation_at <= $1",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let key = key_row(r)?;
+                let tenant_name: String = r.try_get("tenant_name").map_err(db_err)?;
+                Ok((key.tenant_id.clone(), tenant_name, key))
+            })
+            .collect()
+    }
+
+    async fn unusable_versions(&self) -> StoreResult<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT key_id, version FROM key_versions WHERE state <> 'enabled'")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("key_id").map_err(db_err)?,
+                    r.try_get("version").map_err(db_err)?,
+                ))
+            })
+            .collect()
     }
 
     async fn close(&self) {

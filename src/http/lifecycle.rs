@@ -1,0 +1,522 @@
+//! Key lifecycle handlers: rotate, re-wrap, retire (min_decryption_version), rotation policy,
+//! disable / enable, scheduled destruction and its cancellation. Destruction itself happens in the
+//! background worker (`keys::lifecycle`) when the waiting period is over.
+
+use axum::Json;
+use axum::extract::{Extension, State};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use pqkms_envelope::KeyRef;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+use super::handlers::{
+    Opened, audit, authorize, context_of, crypto, current_version, key, open_wrapped, tenant,
+};
+use super::{ApiError, ApiJson, ApiPath as Path, AppState, Auth, RequestId};
+use crate::auth::Action;
+use crate::config::parse_duration_secs;
+use crate::keys::{key_id, tenant_id};
+use crate::store::{StoreError, Versions};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Largest batch a re-wrap request may carry.
+const MAX_BATCH: usize = 100;
+/// Default destruction waiting period: 30 days.
+const DEFAULT_WAITING_SECS: i64 = 30 * 86_400;
+
+fn not_in_state(what: &'static str) -> impl Fn(StoreError) -> ApiError {
+    move |e| match e {
+        StoreError::NotFound => ApiError::KeyState("invalid_state", what.into()),
+        e => e.into(),
+    }
+}
+
+fn versions(v: Option<i64>) -> Versions {
+    v.map_or(Versions::All, Versions::One)
+}
+
+pub async fn rotate(
+    State(state): State<AppState>,
+    Extension(req): Extension<RequestId>,
+    Auth(p): Auth,
+    Path((tenant_name, key_name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::ManageKeys(&tenant_name))?;
+    let t = tenant(&state, &tenant_name).await?;
+    let k = key(&state, &t, &key_name).await?;
+    let (tid, kid) = (tenant_id(&t.id)?, key_id(&k.id)?);
+    let keys = state.keys.clone();
+    let make = move |version: i64| {
+        let version = u32::try_from(version).map_err(|_| "version overflow".to_owned())?;
+        keys.new_version(KeyRef {
+            tenant: tid,
+            key: kid,
+            version,
+        })
+        .map_err(|e| e.to_string())
+    };
+    let mut entry = audit(&p, &req, "key.rotate", Some(&tenant_name));
+    entry.key = Some(key_name);
+    let (v, _) = rotate_audited(&state, &k.id, None, &make, entry).await?;
+    Ok(Json(json!({ "version": v.version, "fingerprint": v.fingerprint })).into_response())
+}
+
+/// Rotation with the new version number in the audit entry. The entry is built before the
+/// version exists, so it records "the version after the current newest" via `detail`.
+async fn rotate_audited(
+    state: &AppState,
+    key_id: &str,
+    due_at: Option<i64>,
+    make: &(dyn Fn(i64) -> Result<crate::store::VersionRow, String> + Send + Sync),
+    entry: crate::audit::NewAuditEntry,
+) -> ApiResult<(crate::store::VersionRow, crate::audit::AuditEntry)> {
+    let next = state
+        .store
+        .versions(key_id)
+        .await?
+        .last()
+        .map_or(1, |v| v.version + 1);
+    let mut entry = entry;
+    entry.version = Some(next);
+    let (row, audit) = state.store.rotate_key(key_id, due_at, make, entry).await?;
+    if row.version != next {
+        // Another rotation committed between our read and our transaction; the audit entry was
+        // written with the number we expected, so say so in the log for the operator.
+        tracing::warn!(
+            key_id,
+            expected = next,
+            got = row.version,
+            "concurrent rotation"
+        );
+    }
+    Ok((row, audit))
+}
+
+/// Scheduled rotation of one due key (background worker). `Ok(false)`: not due any more.
+pub(crate) async fn rotate_due(
+    state: &AppState,
+    tenant_id_hex: &str,
+    tenant_name: &str,
+    key: &crate::store::KeyRow,
+) -> Result<bool, ApiError> {
+    let (tid, kid) = (tenant_id(tenant_id_hex)?, key_id(&key.id)?);
+    let keys = state.keys.clone();
+    let make = move |version: i64| {
+        let version = u32::try_from(version).map_err(|_| "version overflow".to_owned())?;
+        keys.new_version(KeyRef {
+            tenant: tid,
+            key: kid,
+            version,
+        })
+        .map_err(|e| e.to_string())
+    };
+    let entry = crate::audit::NewAuditEntry {
+        time_ms: crate::now_ms(),
+        principal: "scheduler".into(),
+        tenant: Some(tenant_name.to_owned()),
+        key: Some(key.name.clone()),
+        version: None,
+        operation: "key.rotate".into(),
+        outcome: "ok".into(),
+        request_id: "scheduled".into(),
+        context_hash: None,
+        detail: Some(json!({ "reason": "rotation_period" }).to_string()),
+    };
+    match rotate_audited(state, &key.id, Some(crate::now_ms()), &make, entry).await {
+        Ok(_) => Ok(true),
+        Err(ApiError::NotFound(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewrapOne {
+    wrapped_key: String,
+    context: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewrapBatch {
+    items: Vec<RewrapOne>,
+}
+
+/// Open with its version, wrap the same data key to the newest enabled version, never return
+/// the data key. One audit entry per item.
+async fn rewrap_one(
+    state: &AppState,
+    p: &crate::auth::Principal,
+    req: &RequestId,
+    t: &crate::store::TenantRow,
+    k: &crate::store::KeyRow,
+    item: RewrapOne,
+) -> ApiResult<Value> {
+    let blob = B64
+        .decode(item.wrapped_key.as_bytes())
+        .map_err(|_| ApiError::BadRequest("wrapped_key is not standard base64".into()))?;
+    let context = context_of(item.context);
+    let mut entry = audit(p, req, "data_key.rewrap", Some(&t.name));
+    entry.key = Some(k.name.clone());
+    entry.context_hash = Some(hex::encode(context.digest().as_bytes()));
+    let opened = open_wrapped(state, t, k, &blob, &context).await?;
+    let (from, data_key) = match opened {
+        Opened::Key(v, dk) => (v, dk),
+        other => {
+            entry.version = other.version();
+            entry.outcome = other.outcome().into();
+            state.store.append_audit(entry).await?;
+            return Err(other.into_result().err().unwrap_or(ApiError::Unopenable));
+        }
+    };
+    let target = current_version(state, k).await?;
+    let public = state.keys.public_key(&target)?;
+    let wrapped = public.wrap_data_key(&data_key, &context).map_err(crypto)?;
+    entry.version = Some(target.version);
+    entry.detail = Some(json!({ "from_version": from }).to_string());
+    state.store.append_audit(entry).await?;
+    Ok(
+        json!({ "wrapped_key": B64.encode(wrapped.as_bytes()), "version": target.version, "from_version": from }),
+    )
+}
+
+pub async fn rewrap(
+    State(state): State<AppState>,
+    Extension(req): Extension<RequestId>,
+    Auth(p): Auth,
+    Path((tenant_name, key_name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<RewrapOne>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::RewrapDataKey(&tenant_name))?;
+    let t = tenant(&state, &tenant_name).await?;
+    let k = key(&state, &t, &key_name).await?;
+    Ok(Json(rewrap_one(&state, &p, &req, &t, &k, body).await?).into_response())
+}
+
+/// Many wrapped keys per request, each with its own result (`{"wrapped_key","version"}` or
+/// `{"error":{"code","message"}}`), in order.
+pub async fn rewrap_batch(
+    State(state): State<AppState>,
+    Extension(req): Extension<RequestId>,
+    Auth(p): Auth,
+    Path((tenant_name, key_name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<RewrapBatch>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::RewrapDataKey(&tenant_name))?;
+    if body.items.len() > MAX_BATCH {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_BATCH} items per batch"
+        )));
+    }
+    let t = tenant(&state, &tenant_name).await?;
+    let k = key(&state, &t, &key_name).await?;
+    let mut results = Vec::with_capacity(body.items.len());
+    for item in body.items {
+        results.push(match rewrap_one(&state, &p, &req, &t, &k, item).await {
+            Ok(v) => v,
+            Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_))) => return Err(e),
+            Err(e) => e.body(),
+        });
+    }
+    Ok(Json(json!({ "results": results })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Configure {
+    min_decryption_version: Option<i64>,
+    /// `"90d"`, or `null` / `"off"` to stop scheduled rotation.
+    rotation_period: Option<String>,
+}
+
+pub async fn configure(
+    State(state): State<AppState>,
+    Extension(req): Extension<RequestId>,
+    Auth(p): Auth,
+    Path((tenant_name, key_name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<Configure>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::ManageKeys(&tenant_name))?;
+    let t = tenant(&state, &tenant_name).await?;
+    let k = key(&state, &t, &key_name).await?;
+    let newest = state
+        .store
+        .versions(&k.id)
+        .await?
+        .last()
+        .map_or(1, |v| v.version);
+    let min = body
+        .min_decryption_version
+        .unwrap_or(k.min_decryption_version);
+    if !(1..=newest).contains(&min) {
+        return Err(ApiError::BadRequest(format!(
+            "min_decryption_version must be between 1 and the newest version ({newest})"
+        )));
+    }
+    let (period, next) = match body.rotation_period.as_deref() {
+        None => (k.rotation_period_secs, k.next_rotation_at),
+        Some("off") => (None, None),
+        Some(text) => {
+            let secs = parse_duration_secs(text)
+                .filter(|s| *s >= 60)
+                .ok_or_else(|| {
+                    ApiError::BadRequest("rotation_period: like \"90d\", at least 1m".into())
+                })?;
+            (Some(secs), Some(crate::now_ms() + secs * 1000))
+        }
+    };
+    let mut entry = audit(&p, &req, "key.configure", Some(&tenant_name));
+    entry.key = Some(key_name.clone());
+    entry.detail =
+        Some(json!({ "min_decryption_version": min, "rotation_period_secs": period }).to_string());
+    state
+        .store
+        .set_policy(&k.id, min, period, next, entry)
+        .await?;
+    Ok(Json(json!({
+        "key": key_name, "min_decryption_version": min,
+        "rotation_period_secs": period, "next_rotation_at": next,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct VersionSelector {
+    version: Option<i64>,
+}
+
+async fn change_state(
+    state: AppState,
+    req: RequestId,
+    p: crate::auth::Principal,
+    tenant_name: String,
+    key_name: String,
+    version: Option<i64>,
+    (from, to, op): (&'static str, &'static str, &'static str),
+) -> ApiResult<Response> {
+    authorize(&p, Action::ManageKeys(&tenant_name))?;
+    let t = tenant(&state, &tenant_name).await?;
+    let k = key(&state, &t, &key_name).await?;
+    let mut entry = audit(&p, &req, op, Some(&tenant_name));
+    entry.key = Some(key_name.clone());
+    entry.version = version;
+    state
+        .store
+        .set_state(&k.id, versions(version), from, to, entry)
+        .await
+        .map_err(not_in_state(
+            "no version of this key is in a state this applies to",
+        ))?;
+    if to != "enabled" {
+        evict(&state, &k.id, version).await?;
+    }
+    Ok(Json(json!({ "key": key_name, "version": version, "state": to })).into_response())
+}
+
+/// Drop unsealed copies on this node right away (other nodes: their next sweep; every node
+/// checks the version's state in the database before each use anyway).
+async fn evict(state: &AppState, key_id: &str, version: Option<i64>) -> ApiResult<()> {
+    let all = state.store.versions(key_id).await?;
+    for v in all
+        .iter()
+        .filter(|v| version.is_none_or(|n| n == v.version))
+    {
+        state.keys.evict(key_id, v.version);
+    }
+    Ok(())
+}
+
+pub async fn disable(
+    State(state): State<AppState>,
+    Extension(req): Extension<RequestId>,
+    Auth(p): Auth,
+    Path((tenant_name, key_name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<VersionSelector>,
+) -> ApiResult<Response> {
+    change_state(
+        state,
+        req,
+        p,
+        tenant_name,
+        key_name,
+        body.version,
+        ("enabled", "disabled", "key.disable"),
+    )
+    .await
+}
+
+pub async fn enable(
+    State(state): State<AppState>,
+    Extension(req): Extension<RequestId>,
+    Auth(p): Auth,
+    Path((tenant_name, key_name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<VersionSelector>,
+) -> ApiResult<Response> {
+    change_state(
+        state,
+        req,
+        p,
+        tenant_name,
+        key_name,
+        body.version,
+        ("disabled", "enabled", "key.enable"),
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Destroy {
+    version: Option<i64>,
+    /// Like `"30d"` (default); at least the service's configured minimum.
+    waiting_period: Option<String>,
+}
+
+pub async fn destroy(
+    State(state): State<AppState>,
+    Extension(req): Extension<RequestId>,
+    Auth(p): Auth,
+    Path((tenant_name, key_name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<Destroy>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::ManageKeys(&tenant_name))?;
+    let wait = match body.waiting_period.as_deref() {
+        None => DEFAULT_WAITING_SECS.max(state.min_destroy_waiting_secs),
+        Some(text) => parse_duration_secs(text)
+            .ok_or_else(|| ApiError::BadRequest("waiting_period: like \"30d\"".into()))?,
+    };
+    if wait < state.min_destroy_waiting_secs {
+        return Err(ApiError::BadRequest(format!(
+            "waiting_period must be at least {} seconds on this service",
+            state.min_destroy_waiting_secs
+        )));
+    }
+    let t = tenant(&state, &tenant_name).await?;
+    let k = key(&state, &t, &key_name).await?;
+    let destroy_at = crate::now_ms() + wait * 1000;
+    let mut entry = audit(&p, &req, "key.destroy.schedule", Some(&tenant_name));
+    entry.key = Some(key_name.clone());
+    entry.version = body.version;
+    entry.detail =
+        Some(json!({ "destroy_at": destroy_at, "waiting_period_secs": wait }).to_string());
+    state
+        .store
+        .schedule_destroy(
+            &k.id,
+            versions(body.version),
+            destroy_at,
+            &p.token_id,
+            entry,
+        )
+        .await
+        .map_err(not_in_state("no enabled or disabled version to schedule"))?;
+    evict(&state, &k.id, body.version).await?;
+    Ok(
+        Json(json!({ "key": key_name, "version": body.version, "destroy_at": destroy_at }))
+            .into_response(),
+    )
+}
+
+pub async fn cancel_destroy(
+    State(state): State<AppState>,
+    Extension(req): Extension<RequestId>,
+    Auth(p): Auth,
+    Path((tenant_name, key_name)): Path<(String, String)>,
+    ApiJson(body): ApiJson<VersionSelector>,
+) -> ApiResult<Response> {
+    authorize(&p, Action::ManageKeys(&tenant_name))?;
+    let t = tenant(&state, &tenant_name).await?;
+    let k = key(&state, &t, &key_name).await?;
+    let mut entry = audit(&p, &req, "key.destroy.cancel", Some(&tenant_name));
+    entry.key = Some(key_name.clone());
+    entry.version = body.version;
+    state
+        .store
+        .cancel_destroy(&k.id, versions(body.version), entry)
+        .await
+        .map_err(not_in_state(
+            "nothing scheduled for destruction (or already destroyed)",
+        ))?;
+    Ok(
+        Json(json!({ "key": key_name, "version": body.version, "cancelled": true }))
+            .into_response(),
+    )
+}
+
+/// The per-node background worker: every `every`, carry out due destructions (each with its
+/// receipt in the audit chain), due scheduled rotations, and drop unusable keys from this node's
+/// cache. Safe on several nodes at once: each change re-checks its condition inside its
+/// transaction, which the audit-head lock serializes, so nothing happens twice.
+pub(crate) async fn worker(
+    state: AppState,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = lifecycle_tick(&state).await {
+            let (status, _) = e.status_and_body();
+            tracing::error!(status = status.as_u16(), "lifecycle worker pass failed");
+        }
+    }
+}
+
+/// One pass of the worker (also called directly by tests).
+pub async fn lifecycle_tick(state: &AppState) -> Result<(), ApiError> {
+    let now = crate::now_ms();
+    for due in state.store.due_destructions(now).await? {
+        let receipt = crate::audit::NewAuditEntry {
+            time_ms: now,
+            principal: "scheduler".into(),
+            tenant: Some(due.tenant.clone()),
+            key: Some(due.key_name.clone()),
+            version: Some(due.version),
+            operation: "key.destroyed".into(),
+            outcome: "ok".into(),
+            request_id: "scheduled".into(),
+            context_hash: None,
+            detail: Some(
+                json!({
+                    "receipt": "crypto-shred",
+                    "fingerprint": due.fingerprint,
+                    "requested_by": due.requested_by,
+                    "requested_at": due.requested_at,
+                    "destroy_at": due.destroy_at,
+                    "waiting_period_secs": (due.destroy_at - due.requested_at) / 1000,
+                    "destroyed_at": now,
+                })
+                .to_string(),
+            ),
+        };
+        match state
+            .store
+            .destroy_version(&due.key_id, due.version, now, receipt)
+            .await
+        {
+            Ok(_) => {
+                state.keys.evict(&due.key_id, due.version);
+                tracing::info!(tenant = %due.tenant, key = %due.key_name, version = due.version,
+                    fingerprint = %due.fingerprint, "key version destroyed");
+            }
+            Err(StoreError::NotFound) => {} // cancelled meanwhile, or another node did it
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for (tenant_id_hex, tenant_name, key) in state.store.due_rotations(now).await? {
+        if rotate_due(state, &tenant_id_hex, &tenant_name, &key).await? {
+            tracing::info!(tenant = %tenant_name, key = %key.name, "scheduled rotation");
+        }
+    }
+    for (key_id, version) in state.store.unusable_versions().await? {
+        state.keys.evict(&key_id, version);
+    }
+    Ok(())
+}
