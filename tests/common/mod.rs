@@ -139,6 +139,13 @@ impl TestServer {
         self.running = Some(running);
     }
 
+    /// Another node on the same database and root key (another port, its own key cache).
+    pub async fn start_node(&self) -> Running {
+        let mut config = self.config.clone();
+        config.bind = "127.0.0.1:0".parse().unwrap();
+        start(&config).await.expect("second node starts")
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.config.data_dir.clone()
     }
