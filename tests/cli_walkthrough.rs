@@ -220,3 +220,178 @@ fn readme_walkthrough_with_the_real_binary() {
     server.kill().unwrap();
     let _ = server.wait();
 }
+
+/// `pqkms key rotate`, `key rewrap` (stdin → stdout, progress on stderr), `key disable/enable`,
+/// `key destroy/cancel-destroy` and `tenant shred`, with the real binary.
+#[test]
+fn lifecycle_commands_with_the_real_binary() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = serve(dir.path(), port);
+    wait_ready(port);
+    let operator = std::fs::read_to_string(dir.path().join("pqkms-data/operator.token")).unwrap();
+    let operator = operator.trim();
+    ok_json(cli(port, operator, &["tenant", "create", "acme", "--json"]));
+    let token = |roles: &[&str]| {
+        let mut args = vec!["token", "create", "--tenant", "acme", "--json"];
+        for r in roles {
+            args.extend(["--role", r]);
+        }
+        ok_json(cli(port, operator, &args))["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (admin, app) = (token(&["tenant-admin"]), token(&["encrypt", "decrypt"]));
+
+    let mut wrapped = Vec::new();
+    for _ in 0..3 {
+        let dk = ok_json(cli(
+            port,
+            &app,
+            &["data-key", "generate", "--tenant", "acme", "--json"],
+        ));
+        wrapped.push((
+            dk["wrapped_key"].as_str().unwrap().to_owned(),
+            dk["plaintext"].clone(),
+        ));
+    }
+    let rotated = ok_json(cli(
+        port,
+        &admin,
+        &["key", "rotate", "--tenant", "acme", "--json"],
+    ));
+    assert_eq!(rotated["version"], 2);
+
+    let mut child = Command::new(BIN)
+        .args(["key", "rewrap", "--tenant", "acme"])
+        .env("PQKMS_ADDR", format!("http://127.0.0.1:{port}"))
+        .env("PQKMS_TOKEN", &app)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let input: String = wrapped.iter().map(|(w, _)| format!("{w}\n")).collect();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rewrap: 3/3 (0 failed)"));
+    let new: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(new.len(), 3);
+    for (n, (old, plaintext)) in new.iter().zip(&wrapped) {
+        assert_ne!(n, old);
+        let v = ok_json(cli(
+            port,
+            &app,
+            &[
+                "data-key",
+                "decrypt",
+                "--tenant",
+                "acme",
+                "--wrapped",
+                n,
+                "--json",
+            ],
+        ));
+        assert_eq!(
+            (&v["plaintext"], v["version"].as_i64()),
+            (plaintext, Some(2))
+        );
+    }
+
+    ok_json(cli(
+        port,
+        &admin,
+        &[
+            "key",
+            "disable",
+            "--tenant",
+            "acme",
+            "--version",
+            "2",
+            "--json",
+        ],
+    ));
+    let refused = cli(
+        port,
+        &app,
+        &[
+            "data-key",
+            "decrypt",
+            "--tenant",
+            "acme",
+            "--wrapped",
+            &new[0],
+        ],
+    );
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("409 key_disabled"));
+    ok_json(cli(
+        port,
+        &admin,
+        &[
+            "key",
+            "enable",
+            "--tenant",
+            "acme",
+            "--version",
+            "2",
+            "--json",
+        ],
+    ));
+
+    let sched = ok_json(cli(
+        port,
+        &admin,
+        &["key", "destroy", "--tenant", "acme", "--json"],
+    ));
+    assert!(sched["destroy_at"].as_i64().unwrap() > 0);
+    let too_short = cli(
+        port,
+        &admin,
+        &[
+            "key",
+            "destroy",
+            "--tenant",
+            "acme",
+            "--waiting-period",
+            "1h",
+        ],
+    );
+    assert!(!too_short.status.success(), "the 7-day minimum applies");
+    ok_json(cli(
+        port,
+        &admin,
+        &["key", "cancel-destroy", "--tenant", "acme", "--json"],
+    ));
+    ok_json(cli(
+        port,
+        &admin,
+        &["key", "create", "--tenant", "acme", "second", "--json"],
+    ));
+    let shred = ok_json(cli(port, &admin, &["tenant", "shred", "acme", "--json"]));
+    assert_eq!(shred["scheduled"].as_array().unwrap().len(), 2);
+    let pending = cli(
+        port,
+        &app,
+        &[
+            "data-key", "generate", "--tenant", "acme", "--key", "second",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&pending.stderr).contains("409"));
+    server.kill().unwrap();
+    let _ = server.wait();
+}

@@ -91,6 +91,33 @@ enum TenantCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Schedule destruction of every key the tenant owns (crypto-shredding). Needs a
+    /// tenant-admin token of that tenant; cancel per key with `key cancel-destroy`.
+    Shred {
+        /// Tenant.
+        name: String,
+        /// Waiting period before the material is deleted, e.g. 30d.
+        #[arg(long, default_value = "30d")]
+        waiting_period: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Arguments shared by the key lifecycle commands.
+#[derive(Args, Debug)]
+struct KeyTarget {
+    /// Tenant.
+    #[arg(long)]
+    tenant: String,
+    /// Key name.
+    #[arg(long, default_value = "default")]
+    key: String,
+    /// One version (default: every version of the key).
+    #[arg(long)]
+    version: Option<i64>,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,6 +168,49 @@ enum KeyCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Add a new version; new data keys use it, older versions keep decrypting.
+    Rotate {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Key name.
+        #[arg(long, default_value = "default")]
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Re-wrap stored wrapped keys to the newest version: reads one base64 wrapped key per line
+    /// (from a file or stdin), writes the new ones in the same order, progress on stderr.
+    Rewrap {
+        /// Tenant.
+        #[arg(long)]
+        tenant: String,
+        /// Key name.
+        #[arg(long, default_value = "default")]
+        key: String,
+        /// Input file, `-` for stdin.
+        #[arg(long, default_value = "-")]
+        input: PathBuf,
+        /// Encryption context entry `name=value` (repeat); the same for every line.
+        #[arg(long = "context", value_parser = parse_pair)]
+        context: Vec<(String, String)>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stop a key (or version) from wrapping and unwrapping.
+    Disable(KeyTarget),
+    /// Undo `disable`.
+    Enable(KeyTarget),
+    /// Schedule destruction after a waiting period.
+    Destroy {
+        #[command(flatten)]
+        target: KeyTarget,
+        /// Waiting period, e.g. 30d (the service enforces a minimum).
+        #[arg(long, default_value = "30d")]
+        waiting_period: String,
+    },
+    /// Cancel a scheduled destruction.
+    CancelDestroy(KeyTarget),
     /// Export the current public key (for offline wrapping).
     PublicKey {
         /// Tenant.
@@ -213,6 +283,86 @@ enum AuditCmd {
         #[command(flatten)]
         client: ClientArgs,
     },
+}
+
+/// POST a lifecycle action on a key (or one version).
+async fn lifecycle(t: KeyTarget, action: &str, mut body: serde_json::Value) -> Result<(), String> {
+    let c = client::Client::new(&t.client.addr, t.client.token, t.client.json)?;
+    if let Some(v) = t.version {
+        body["version"] = v.into();
+    }
+    let v = c
+        .post(
+            &format!("/v1/tenants/{}/keys/{}/{action}", t.tenant, t.key),
+            body,
+        )
+        .await?;
+    c.show(&v, |v| {
+        let which = t
+            .version
+            .map_or("all versions".to_owned(), |n| format!("version {n}"));
+        match v.get("destroy_at").and_then(|d| d.as_i64()) {
+            Some(at) => format!("{action}: {} {which}, at {at} (Unix ms)", t.key),
+            None => format!("{action}: {} {which}", t.key),
+        }
+    })
+}
+
+/// Re-wrap many stored keys in batches of 100, preserving order; progress on stderr.
+async fn rewrap_stream(
+    c: &client::Client,
+    tenant: &str,
+    key: &str,
+    input: &std::path::Path,
+    context: Vec<(String, String)>,
+) -> Result<(), String> {
+    use std::io::BufRead;
+    let reader: Box<dyn BufRead> = if input.as_os_str() == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(input).map_err(|e| format!("{}: {e}", input.display()))?,
+        ))
+    };
+    let lines: Vec<String> = reader
+        .lines()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect();
+    let context: std::collections::BTreeMap<_, _> = context.into_iter().collect();
+    let (total, mut done, mut failed) = (lines.len(), 0usize, 0usize);
+    for chunk in lines.chunks(100) {
+        let items: Vec<_> = chunk
+            .iter()
+            .map(|w| serde_json::json!({ "wrapped_key": w, "context": context }))
+            .collect();
+        let v = c
+            .post(
+                &format!("/v1/tenants/{tenant}/keys/{key}/rewrap-batch"),
+                serde_json::json!({ "items": items }),
+            )
+            .await?;
+        for r in v["results"].as_array().into_iter().flatten() {
+            match r["wrapped_key"].as_str() {
+                Some(w) => println!("{w}"),
+                None => {
+                    failed += 1;
+                    println!("ERROR {}", r["error"]["code"].as_str().unwrap_or("error"));
+                }
+            }
+        }
+        done += chunk.len();
+        eprintln!("rewrap: {done}/{total} ({failed} failed)");
+    }
+    if failed > 0 {
+        return Err(format!(
+            "{failed} of {total} wrapped keys could not be re-wrapped"
+        ));
+    }
+    Ok(())
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -369,6 +519,72 @@ async fn run(command: Command) -> Result<(), String> {
                 }
                 out
             })
+        }
+        Command::Tenant(TenantCmd::Shred {
+            name,
+            waiting_period,
+            client,
+        }) => {
+            let c = client::Client::new(&client.addr, client.token, client.json)?;
+            let keys = c.get(&format!("/v1/tenants/{name}/keys")).await?;
+            let mut scheduled = Vec::new();
+            for k in keys["keys"].as_array().into_iter().flatten() {
+                let key = k["name"].as_str().unwrap_or_default();
+                let v = c
+                    .post(
+                        &format!("/v1/tenants/{name}/keys/{key}/destroy"),
+                        serde_json::json!({ "waiting_period": waiting_period }),
+                    )
+                    .await?;
+                scheduled.push(serde_json::json!({ "key": key, "destroy_at": v["destroy_at"] }));
+            }
+            let out = serde_json::json!({ "tenant": name, "scheduled": scheduled });
+            c.show(&out, |v| {
+                format!(
+                    "scheduled destruction of {} key(s) of tenant {name}; cancel with `pqkms key cancel-destroy`",
+                    v["scheduled"].as_array().map_or(0, Vec::len)
+                )
+            })
+        }
+        Command::Key(KeyCmd::Rotate {
+            tenant,
+            key,
+            client,
+        }) => {
+            let c = client::Client::new(&client.addr, client.token, client.json)?;
+            let v = c
+                .post(
+                    &format!("/v1/tenants/{tenant}/keys/{key}/rotate"),
+                    serde_json::json!({}),
+                )
+                .await?;
+            c.show(&v, |v| format!("rotated {key}: version {}", v["version"]))
+        }
+        Command::Key(KeyCmd::Rewrap {
+            tenant,
+            key,
+            input,
+            context,
+            client,
+        }) => {
+            let c = client::Client::new(&client.addr, client.token, client.json)?;
+            rewrap_stream(&c, &tenant, &key, &input, context).await
+        }
+        Command::Key(KeyCmd::Disable(t)) => lifecycle(t, "disable", serde_json::json!({})).await,
+        Command::Key(KeyCmd::Enable(t)) => lifecycle(t, "enable", serde_json::json!({})).await,
+        Command::Key(KeyCmd::CancelDestroy(t)) => {
+            lifecycle(t, "cancel-destroy", serde_json::json!({})).await
+        }
+        Command::Key(KeyCmd::Destroy {
+            target,
+            waiting_period,
+        }) => {
+            lifecycle(
+                target,
+                "destroy",
+                serde_json::json!({ "waiting_period": waiting_period }),
+            )
+            .await
         }
         Command::Key(KeyCmd::PublicKey {
             tenant,
