@@ -26,6 +26,8 @@ pub struct Config {
     pub root_key_file: Option<PathBuf>,
     /// Root key given inline (`PQKMS_ROOT_KEY`), in the root key file's format.
     pub root_key_inline: Option<secrecy::SecretString>,
+    /// Older root key files, used only to unseal during a root-key rotation.
+    pub previous_root_key_files: Vec<PathBuf>,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
     /// Unsealed tenant private keys kept in memory.
@@ -50,6 +52,7 @@ impl Default for Config {
             database_url: None,
             root_key_file: None,
             root_key_inline: None,
+            previous_root_key_files: Vec::new(),
             max_body_bytes: 64 * 1024,
             key_cache_capacity: 10_000,
             max_connections: 8,
@@ -76,6 +79,7 @@ impl fmt::Debug for Config {
                 "root_key_inline",
                 &self.root_key_inline.as_ref().map(|_| "[redacted]"),
             )
+            .field("previous_root_key_files", &self.previous_root_key_files)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("key_cache_capacity", &self.key_cache_capacity)
             .field("max_connections", &self.max_connections)
@@ -119,6 +123,7 @@ pub struct FileConfig {
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
     root_key_file: Option<PathBuf>,
+    previous_root_key_files: Option<Vec<PathBuf>>,
     max_body_bytes: Option<usize>,
     key_cache_capacity: Option<usize>,
     max_connections: Option<u32>,
@@ -148,6 +153,9 @@ impl FileConfig {
         }
         if self.root_key_file.is_some() {
             c.root_key_file = self.root_key_file;
+        }
+        if let Some(v) = self.previous_root_key_files {
+            c.previous_root_key_files = v;
         }
         if let Some(v) = self.max_body_bytes {
             c.max_body_bytes = v;

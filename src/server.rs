@@ -56,6 +56,18 @@ pub fn parse_root_key(text: &str) -> Result<RootKey, StartError> {
     RootKey::from_bytes(version, &bytes).map_err(|e| err(format!("root key: {e}")))
 }
 
+/// A new root key file (mode 0600, must not exist) for `pqkms root-key generate`.
+pub fn generate_root_key_file(path: &Path, version: u32) -> Result<(), StartError> {
+    let key = RootKey::generate(version).map_err(|e| err(format!("root key: {e}")))?;
+    let text = Zeroizing::new(format!(
+        "{ROOT_KEY_HEADER} {} {}\n",
+        key.version(),
+        hex::encode(key.expose_secret())
+    ));
+    write_private_file(path, text.as_bytes())
+        .map_err(|e| err(format!("cannot create {}: {e}", path.display())))
+}
+
 /// Write `contents` to a new file readable by the owner only. Fails if the file exists.
 fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
@@ -216,6 +228,22 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .as_deref()
         .is_none_or(|u| u.starts_with("sqlite:"));
     let root = load_root_key(config, embedded)?;
+    let previous = config
+        .previous_root_key_files
+        .iter()
+        .map(|p| {
+            let text = Zeroizing::new(
+                std::fs::read_to_string(p)
+                    .map_err(|e| err(format!("cannot read {}: {e}", p.display())))?,
+            );
+            parse_root_key(&text)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if previous.iter().any(|r| r.version() == root.version()) {
+        return Err(err(
+            "a previous root key has the same version as the current one",
+        ));
+    }
     create_private_db_file(config)?;
     let store = SqlStore::connect(&url, config.max_connections)
         .await
@@ -225,7 +253,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 
     let state = AppState {
         store,
-        keys: Arc::new(KeyService::new(root, config.key_cache_capacity)),
+        keys: Arc::new(KeyService::new(root, previous, config.key_cache_capacity)),
         metrics: Arc::new(Metrics::default()),
         min_destroy_waiting_secs: config.min_destroy_waiting_secs,
     };

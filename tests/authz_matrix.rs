@@ -9,6 +9,10 @@
 //!   audit of its own tenant only; no data key, no decrypt, no verify, no tenant creation.
 //! - encrypt: data key and public key of its own tenant only.
 //! - decrypt: decrypt on its own tenant only.
+//! - key lifecycle (rotate, config, disable, enable, destroy, cancel-destroy): tenant-admin of its
+//!   own tenant only; operator, encrypt and decrypt get 403.
+//! - re-wrap (one or a batch): the decrypt role of its own tenant only; operator, tenant-admin and
+//!   encrypt get 403.
 //! - no token, a malformed token, an unknown token, a revoked token, an expired token: 401.
 //! - A tenant-scoped token naming another tenant gets 403 with the same body whether that tenant
 //!   exists ("other") or not ("ghost").
@@ -45,9 +49,17 @@ enum Route {
     PublicKey,
     ReadAudit,
     VerifyAudit,
+    Rotate,
+    Configure,
+    Disable,
+    Enable,
+    Destroy,
+    CancelDestroy,
+    Rewrap,
+    RewrapBatch,
 }
 
-const ROUTES: [Route; 11] = [
+const ROUTES: [Route; 19] = [
     Route::CreateTenant,
     Route::CreateToken,
     Route::RevokeToken,
@@ -59,6 +71,14 @@ const ROUTES: [Route; 11] = [
     Route::PublicKey,
     Route::ReadAudit,
     Route::VerifyAudit,
+    Route::Rotate,
+    Route::Configure,
+    Route::Disable,
+    Route::Enable,
+    Route::Destroy,
+    Route::CancelDestroy,
+    Route::Rewrap,
+    Route::RewrapBatch,
 ];
 
 impl Route {
@@ -69,6 +89,20 @@ impl Route {
             // The audit log's scope is its `?tenant=` filter; `None` is no filter.
             Route::ReadAudit => &[Target::None, Target::Own, Target::Other, Target::Ghost],
             _ => &[Target::Own, Target::Other, Target::Ghost],
+        }
+    }
+
+    /// The lifecycle routes that change a key's state or policy: each of their cells on an
+    /// existing tenant gets a fresh key of that tenant, prepared for the call to succeed.
+    fn lifecycle_action(self) -> Option<&'static str> {
+        match self {
+            Route::Rotate => Some("rotate"),
+            Route::Configure => Some("config"),
+            Route::Disable => Some("disable"),
+            Route::Enable => Some("enable"),
+            Route::Destroy => Some("destroy"),
+            Route::CancelDestroy => Some("cancel-destroy"),
+            _ => None,
         }
     }
 }
@@ -175,11 +209,51 @@ const TABLE: &[(Route, Target, [u16; 4])] = &[
     (Route::ReadAudit,    Target::Ghost,       [200,  403,  403, 403]),
 
     (Route::VerifyAudit,  Target::None,        [200,  403,  403, 403]),
+
+    (Route::Rotate,       Target::Own,         [403,  200,  403, 403]),
+    (Route::Rotate,       Target::Other,       [403,  403,  403, 403]),
+    (Route::Rotate,       Target::Ghost,       [403,  403,  403, 403]),
+
+    (Route::Configure,    Target::Own,         [403,  200,  403, 403]),
+    (Route::Configure,    Target::Other,       [403,  403,  403, 403]),
+    (Route::Configure,    Target::Ghost,       [403,  403,  403, 403]),
+
+    (Route::Disable,      Target::Own,         [403,  200,  403, 403]),
+    (Route::Disable,      Target::Other,       [403,  403,  403, 403]),
+    (Route::Disable,      Target::Ghost,       [403,  403,  403, 403]),
+
+    (Route::Enable,       Target::Own,         [403,  200,  403, 403]),
+    (Route::Enable,       Target::Other,       [403,  403,  403, 403]),
+    (Route::Enable,       Target::Ghost,       [403,  403,  403, 403]),
+
+    (Route::Destroy,      Target::Own,         [403,  200,  403, 403]),
+    (Route::Destroy,      Target::Other,       [403,  403,  403, 403]),
+    (Route::Destroy,      Target::Ghost,       [403,  403,  403, 403]),
+
+    (Route::CancelDestroy, Target::Own,        [403,  200,  403, 403]),
+    (Route::CancelDestroy, Target::Other,      [403,  403,  403, 403]),
+    (Route::CancelDestroy, Target::Ghost,      [403,  403,  403, 403]),
+
+    (Route::Rewrap,       Target::Own,         [403,  403,  403, 200]),
+    (Route::Rewrap,       Target::Other,       [403,  403,  403, 403]),
+    (Route::Rewrap,       Target::Ghost,       [403,  403,  403, 403]),
+
+    (Route::RewrapBatch,  Target::Own,         [403,  403,  403, 200]),
+    (Route::RewrapBatch,  Target::Other,       [403,  403,  403, 403]),
+    (Route::RewrapBatch,  Target::Ghost,       [403,  403,  403, 403]),
 ];
 
-/// 8 routes naming a tenant × 3 targets, create-tenant and verify (no target), audit read with no
-/// filter and with the 3 targets as filter; × 9 callers.
-const MIN_CELLS_PER_BACKEND: usize = (8 * 3 + 1 + 1 + 4) * 9;
+/// 16 routes naming a tenant (8 of them key lifecycle) × 3 targets, create-tenant and verify (no
+/// target), audit read with no filter and with the 3 targets as filter; × 9 callers.
+const MIN_CELLS_PER_BACKEND: usize = (16 * 3 + 1 + 1 + 4) * 9;
+
+/// The destruction waiting period the matrix asks for (above the service's 7-day minimum).
+const WAITING_PERIOD: &str = "30d";
+const WAITING_PERIOD_MS: i64 = 30 * 86_400 * 1000;
+const ROTATION_PERIOD_SECS: i64 = 90 * 86_400;
+/// A key of each tenant, rotated once in setup after a data key was wrapped to its version 1:
+/// what the re-wrap cells present, so an allowed re-wrap must move it to version 2.
+const REWRAP_KEY: &str = "rewrap-src";
 
 fn expected(route: Route, target: Target, caller: Caller) -> u16 {
     let row = TABLE
@@ -207,6 +281,11 @@ struct Fixture {
     wrapped_a: String,
     plaintext_a: String,
     wrapped_b: String,
+    /// Wrapped to version 1 of [`REWRAP_KEY`] of A, and its plaintext; the key is now at version 2.
+    rewrap_a: String,
+    rewrap_plain_a: String,
+    /// The same for B.
+    rewrap_b: String,
     revoked: String,
     expired: String,
     unknown: String,
@@ -270,6 +349,44 @@ async fn setup(server: &TestServer) -> Fixture {
         ));
     }
 
+    let mut rewrap = Vec::new();
+    for t in [&a, &b] {
+        let keys = format!("/v1/tenants/{}/keys", t.name);
+        let (s, v) = server
+            .call(
+                Method::POST,
+                &keys,
+                Some(&t.admin),
+                Some(json!({ "name": REWRAP_KEY })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{v}");
+        let (s, v) = server
+            .call(
+                Method::POST,
+                &format!("{keys}/{REWRAP_KEY}/data-key"),
+                Some(&t.encrypt),
+                Some(json!({ "context": ctx })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["version"], json!(1), "{v}");
+        rewrap.push((
+            v["wrapped_key"].as_str().unwrap().to_owned(),
+            v["plaintext"].as_str().unwrap().to_owned(),
+        ));
+        let (s, v) = server
+            .call(
+                Method::POST,
+                &format!("{keys}/{REWRAP_KEY}/rotate"),
+                Some(&t.admin),
+                None,
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["version"], json!(2), "{v}");
+    }
+
     let (revoked, revoked_id) = server.token(TENANT_A, ALL_TENANT_ROLES, None).await;
     let (s, v) = server
         .call(
@@ -303,6 +420,8 @@ async fn setup(server: &TestServer) -> Fixture {
 
     let (wrapped_b, _) = wrapped.pop().unwrap();
     let (wrapped_a, plaintext_a) = wrapped.pop().unwrap();
+    let (rewrap_b, _) = rewrap.pop().unwrap();
+    let (rewrap_a, rewrap_plain_a) = rewrap.pop().unwrap();
     Fixture {
         a,
         b,
@@ -310,6 +429,9 @@ async fn setup(server: &TestServer) -> Fixture {
         wrapped_a,
         plaintext_a,
         wrapped_b,
+        rewrap_a,
+        rewrap_plain_a,
+        rewrap_b,
         revoked,
         expired,
         unknown,
@@ -323,6 +445,18 @@ struct Request {
     body: Option<Value>,
     /// RevokeToken: the token the request tries to revoke (an encrypt token of the target tenant).
     victim: Option<(String, &'static str)>,
+    /// Lifecycle routes on an existing tenant: the fresh key the request acts on.
+    subject: Option<Subject>,
+}
+
+/// A key made for one lifecycle cell, and how it looked just before the call.
+struct Subject {
+    /// The key's tenant, and that tenant's admin token (to inspect the key).
+    tenant: &'static str,
+    admin: String,
+    key: String,
+    /// `GET` of the key (versions and their states) before the call.
+    before: Value,
 }
 
 struct Run {
@@ -361,6 +495,7 @@ async fn prepare(
     let t = tenant.unwrap_or("");
     let key = format!("/v1/tenants/{t}/keys/default");
     let mut victim = None;
+    let mut subject = None;
     let (method, path, body) = match route {
         Route::CreateTenant => (
             Method::POST,
@@ -421,24 +556,169 @@ async fn prepare(
             ),
         },
         Route::VerifyAudit => (Method::GET, "/v1/audit/verify".to_owned(), None),
+        Route::Rotate
+        | Route::Configure
+        | Route::Disable
+        | Route::Enable
+        | Route::Destroy
+        | Route::CancelDestroy => {
+            let action = route.lifecycle_action().unwrap();
+            // A fresh key per cell on an existing tenant, in the state the call needs: every
+            // allowed call can succeed, and a wrongly allowed one would show as 200.
+            let name = match target {
+                Target::Own | Target::Other => {
+                    let owner = if target == Target::Own { &fx.a } else { &fx.b };
+                    let s = lifecycle_subject(server, run, owner, route).await;
+                    let name = s.key.clone();
+                    subject = Some(s);
+                    name
+                }
+                _ => "default".to_owned(),
+            };
+            let body = match route {
+                Route::Rotate => None,
+                Route::Configure => Some(json!({ "rotation_period": "90d" })),
+                Route::Destroy => Some(json!({ "waiting_period": WAITING_PERIOD })),
+                _ => Some(json!({})),
+            };
+            (
+                Method::POST,
+                format!("/v1/tenants/{t}/keys/{name}/{action}"),
+                body,
+            )
+        }
+        Route::Rewrap | Route::RewrapBatch => {
+            // A genuine wrapped key of the named tenant's key (A's for the ghost), as for decrypt.
+            let wrapped = if target == Target::Other {
+                &fx.rewrap_b
+            } else {
+                &fx.rewrap_a
+            };
+            let item = json!({ "wrapped_key": wrapped, "context": fx.ctx });
+            let base = format!("/v1/tenants/{t}/keys/{REWRAP_KEY}");
+            if route == Route::Rewrap {
+                (Method::POST, format!("{base}/rewrap"), Some(item))
+            } else {
+                (
+                    Method::POST,
+                    format!("{base}/rewrap-batch"),
+                    Some(json!({ "items": [item] })),
+                )
+            }
+        }
     };
     Request {
         method,
         path,
         body,
         victim,
+        subject,
     }
 }
 
+fn tenant_name(t: &Tenant) -> &'static str {
+    if t.name == TENANT_A {
+        TENANT_A
+    } else {
+        TENANT_B
+    }
+}
+
+/// `GET` a key as its tenant's admin.
+async fn key_info(server: &TestServer, tenant: &str, admin: &str, key: &str) -> Value {
+    let (s, v) = server
+        .call(
+            Method::GET,
+            &format!("/v1/tenants/{tenant}/keys/{key}"),
+            Some(admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "GET key {tenant}/{key}: {v}");
+    v
+}
+
+/// A fresh key of `owner`, made by its admin, put in the state `route` needs to succeed.
+async fn lifecycle_subject(
+    server: &TestServer,
+    run: &mut Run,
+    owner: &Tenant,
+    route: Route,
+) -> Subject {
+    let tenant = tenant_name(owner);
+    let key = run.fresh("lifecycle");
+    let (s, v) = server
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/{tenant}/keys"),
+            Some(&owner.admin),
+            Some(json!({ "name": key })),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "create key {tenant}/{key}: {v}");
+    let setup = match route {
+        Route::Enable => Some(("disable", json!({}))),
+        Route::CancelDestroy => Some(("destroy", json!({ "waiting_period": WAITING_PERIOD }))),
+        _ => None,
+    };
+    if let Some((action, body)) = setup {
+        let (s, v) = server
+            .call(
+                Method::POST,
+                &format!("/v1/tenants/{tenant}/keys/{key}/{action}"),
+                Some(&owner.admin),
+                Some(body),
+            )
+            .await;
+        assert_eq!(
+            s,
+            StatusCode::OK,
+            "{action} {tenant}/{key} for {route:?}: {v}"
+        );
+    }
+    let before = key_info(server, tenant, &owner.admin, &key).await;
+    Subject {
+        tenant,
+        admin: owner.admin.clone(),
+        key,
+        before,
+    }
+}
+
+/// A data key from key `key` of A, as A's encrypt token.
+async fn data_key_on(server: &TestServer, fx: &Fixture, key: &str) -> (StatusCode, Value) {
+    server
+        .call(
+            Method::POST,
+            &format!("/v1/tenants/{TENANT_A}/keys/{key}/data-key"),
+            Some(&fx.a.encrypt),
+            Some(json!({ "context": fx.ctx })),
+        )
+        .await
+}
+
+fn now_ms() -> i64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    i64::try_from(since.as_millis()).unwrap()
+}
+
 /// Content checks on allowed answers: the status alone would not catch a leak.
-fn check_body(
+#[allow(clippy::too_many_arguments)]
+async fn check_body(
+    server: &TestServer,
     run: &mut Run,
     fx: &Fixture,
     route: Route,
     target: Target,
     caller: Caller,
+    req: &Request,
+    sent_at: i64,
     v: &Value,
 ) {
+    let key = req.subject.as_ref().map_or("", |s| s.key.as_str());
+    let cell = format!("{caller:?} {route:?} on {target:?} ({})", req.path);
     match route {
         Route::Decrypt if v["plaintext"] != json!(fx.plaintext_a) => {
             run.mismatch(format!(
@@ -478,6 +758,113 @@ fn check_body(
         Route::VerifyAudit if v["ok"] != json!(true) => {
             run.mismatch(format!("audit verify does not report ok: {v}"));
         }
+        Route::Rotate => {
+            if v["version"] != json!(2) || !v["fingerprint"].is_string() {
+                run.mismatch(format!("{cell}: expected version 2 and a fingerprint: {v}"));
+            }
+            // New data keys go to the new version.
+            let (s, dk) = data_key_on(server, fx, key).await;
+            run.side_checks += 1;
+            if s != StatusCode::OK || dk["version"] != json!(2) {
+                run.mismatch(format!(
+                    "{cell}: data key after rotation -> {s}, expected 200 on version 2: {dk}"
+                ));
+            }
+        }
+        // The policy is set, and the first scheduled rotation is one period after the request.
+        Route::Configure
+            if v["rotation_period_secs"] != json!(ROTATION_PERIOD_SECS)
+                || !v["next_rotation_at"].as_i64().is_some_and(|at| {
+                    (sent_at + ROTATION_PERIOD_SECS * 1000..=now_ms() + ROTATION_PERIOD_SECS * 1000)
+                        .contains(&at)
+                }) =>
+        {
+            run.mismatch(format!(
+                "{cell}: expected rotation_period_secs {ROTATION_PERIOD_SECS} and the next \
+                 rotation one period from now: {v}"
+            ));
+        }
+        Route::Disable | Route::Enable | Route::Destroy | Route::CancelDestroy => {
+            let (body_ok, usable) = match route {
+                Route::Disable => (v["state"] == json!("disabled"), false),
+                Route::Enable => (v["state"] == json!("enabled"), true),
+                Route::Destroy => {
+                    // Scheduled `WAITING_PERIOD` after the request, not earlier.
+                    let at = v["destroy_at"].as_i64().unwrap_or(0);
+                    let window = sent_at + WAITING_PERIOD_MS..=now_ms() + WAITING_PERIOD_MS;
+                    (window.contains(&at), false)
+                }
+                _ => (v["cancelled"] == json!(true), true),
+            };
+            if !body_ok {
+                run.mismatch(format!("{cell}: unexpected answer: {v}"));
+            }
+            // Whether the key still makes data keys: 409 key_disabled while disabled or
+            // scheduled for destruction, 200 once enabled again.
+            let (s, dk) = data_key_on(server, fx, key).await;
+            run.side_checks += 1;
+            let fine = if usable {
+                s == StatusCode::OK
+            } else {
+                s == StatusCode::CONFLICT && dk["error"]["code"] == json!("key_disabled")
+            };
+            if !fine {
+                let want = if usable { "200" } else { "409 key_disabled" };
+                run.mismatch(format!(
+                    "{cell}: data key afterwards -> {s}, expected {want}: {dk}"
+                ));
+            }
+        }
+        Route::Rewrap | Route::RewrapBatch => {
+            let text = v.to_string();
+            if text.contains("plaintext") || text.contains(&fx.rewrap_plain_a) {
+                run.mismatch(format!("{cell}: the answer reveals the data key: {v}"));
+                return;
+            }
+            let result = if route == Route::Rewrap {
+                Some(v)
+            } else {
+                match v["results"].as_array().map(Vec::as_slice) {
+                    Some([one]) => Some(one),
+                    _ => None,
+                }
+            };
+            let Some(result) = result else {
+                run.mismatch(format!("{cell}: expected exactly one result: {v}"));
+                return;
+            };
+            let Some(wrapped) = result["wrapped_key"].as_str() else {
+                run.mismatch(format!("{cell}: no wrapped_key: {v}"));
+                return;
+            };
+            if wrapped == fx.rewrap_a
+                || result["version"] != json!(2)
+                || result["from_version"] != json!(1)
+            {
+                run.mismatch(format!(
+                    "{cell}: expected a new wrapped key moved from version 1 to 2: {v}"
+                ));
+            }
+            // It opens, through decrypt, to the same data key as the original.
+            let (s, d) = server
+                .call(
+                    Method::POST,
+                    &format!("/v1/tenants/{TENANT_A}/keys/{REWRAP_KEY}/decrypt"),
+                    Some(&fx.a.decrypt),
+                    Some(json!({ "wrapped_key": wrapped, "context": fx.ctx })),
+                )
+                .await;
+            run.side_checks += 1;
+            if s != StatusCode::OK
+                || d["plaintext"] != json!(fx.rewrap_plain_a)
+                || d["version"] != json!(2)
+            {
+                run.mismatch(format!(
+                    "{cell}: the re-wrapped key decrypts to {s} {d}, expected the original \
+                     data key under version 2"
+                ));
+            }
+        }
         _ => {}
     }
 }
@@ -501,6 +888,7 @@ async fn matrix(server: &TestServer, backend: Backend) -> Run {
             let want = expected(route, target, caller);
             let req = prepare(server, &fx, &mut run, route, target).await;
             let token = fx.token(server, caller);
+            let sent_at = now_ms();
             let (status, v) = server
                 .call(
                     req.method.clone(),
@@ -517,7 +905,10 @@ async fn matrix(server: &TestServer, backend: Backend) -> Run {
                     req.method, req.path
                 ));
             } else if status.is_success() {
-                check_body(&mut run, &fx, route, target, caller, &v);
+                check_body(
+                    server, &mut run, &fx, route, target, caller, &req, sent_at, &v,
+                )
+                .await;
             } else if v["error"]["code"].as_str().is_none() {
                 run.mismatch(format!(
                     "{caller:?} {} {} -> {got} without an error body: {v}",
@@ -547,6 +938,19 @@ async fn matrix(server: &TestServer, backend: Backend) -> Run {
                         "after {caller:?} DELETE {} ({got}): the target token answers {s}, \
                          expected {should}: {pv}",
                         req.path
+                    ));
+                }
+            }
+            // A refused lifecycle call changes nothing on the key.
+            if let Some(subj) = &req.subject
+                && !status.is_success()
+            {
+                let after = key_info(server, subj.tenant, &subj.admin, &subj.key).await;
+                run.side_checks += 1;
+                if after != subj.before {
+                    run.mismatch(format!(
+                        "after {caller:?} {} {} ({got}): the key changed from {} to {after}",
+                        req.method, req.path, subj.before
                     ));
                 }
             }

@@ -74,6 +74,8 @@ pub enum Action<'a> {
     ReadAudit,
     /// Verify the whole audit chain.
     VerifyAudit,
+    /// Re-seal tenant keys under a new root key.
+    ManageRootKey,
 }
 
 /// Why a request is refused.
@@ -110,7 +112,7 @@ impl Principal {
                 self.has(Role::Decrypt) && self.owns(t)
             }
             Action::ReadAudit => self.has(Role::Operator) || self.has(Role::TenantAdmin),
-            Action::VerifyAudit => self.has(Role::Operator),
+            Action::VerifyAudit | Action::ManageRootKey => self.has(Role::Operator),
         };
         if allowed {
             Ok(())

@@ -37,6 +37,27 @@ enum Command {
     /// The audit chain.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Root-key rotation (see docs/OPERATIONS.md for the procedure).
+    #[command(subcommand, name = "root-key")]
+    RootKey(RootKeyCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum RootKeyCmd {
+    /// Write a new root key file (mode 0600; refuses to overwrite). Offline.
+    Generate {
+        /// Where to write it.
+        #[arg(long)]
+        out: PathBuf,
+        /// Its version: one more than the current root key's.
+        #[arg(long)]
+        version: u32,
+    },
+    /// Ask the service to re-seal every tenant key under its current root key. Operator token.
+    Reseal {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `pqkms serve` options. Each flag also reads a `PQKMS_*` environment variable; both override
@@ -58,6 +79,9 @@ struct ServeArgs {
     /// Root key file shared by all nodes [default: <data dir>/root.key, created on first start].
     #[arg(long, env = "PQKMS_ROOT_KEY_FILE")]
     root_key_file: Option<PathBuf>,
+    /// An older root key file, kept only to unseal during a root-key rotation (repeatable).
+    #[arg(long = "previous-root-key-file")]
+    previous_root_key_files: Vec<PathBuf>,
     /// Largest request body in bytes [default: 65536].
     #[arg(long, env = "PQKMS_MAX_BODY_BYTES")]
     max_body_bytes: Option<usize>,
@@ -388,6 +412,9 @@ fn serve_config(args: ServeArgs) -> Result<Config, String> {
     if args.root_key_file.is_some() {
         config.root_key_file = args.root_key_file;
     }
+    if !args.previous_root_key_files.is_empty() {
+        config.previous_root_key_files = args.previous_root_key_files;
+    }
     if let Some(v) = args.max_body_bytes {
         config.max_body_bytes = v;
     }
@@ -659,6 +686,24 @@ async fn run(command: Command) -> Result<(), String> {
                     "version:   {}\nplaintext: {}",
                     v["version"],
                     v["plaintext"].as_str().unwrap_or("")
+                )
+            })
+        }
+        Command::RootKey(RootKeyCmd::Generate { out, version }) => {
+            crate::server::generate_root_key_file(&out, version).map_err(|e| e.to_string())?;
+            println!(
+                "wrote root key version {version} to {} (mode 0600)",
+                out.display()
+            );
+            Ok(())
+        }
+        Command::RootKey(RootKeyCmd::Reseal { client }) => {
+            let c = client::Client::new(&client.addr, client.token, client.json)?;
+            let v = c.post("/v1/root-key/reseal", serde_json::json!({})).await?;
+            c.show(&v, |v| {
+                format!(
+                    "re-sealed {} key version(s) under root key {}; {} remaining",
+                    v["resealed"], v["root_version"], v["remaining"]
                 )
             })
         }

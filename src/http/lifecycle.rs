@@ -520,3 +520,27 @@ pub async fn lifecycle_tick(state: &AppState) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+/// Re-seal every tenant key version not yet under the current root key (step 3 of a root-key
+/// rotation; see docs/OPERATIONS.md). Operator only. Idempotent: run it until `remaining` is 0.
+pub async fn reseal_root(
+    State(state): State<AppState>,
+    Extension(req): Extension<RequestId>,
+    Auth(p): Auth,
+) -> ApiResult<Response> {
+    authorize(&p, Action::ManageRootKey)?;
+    let current = i64::from(state.keys.root_version());
+    let rows = state.store.sealed_under_other_roots(current).await?;
+    let mut updates = Vec::with_capacity(rows.len());
+    for (tenant_hex, row) in &rows {
+        let sealed = state.keys.reseal(tenant_id(tenant_hex)?, row)?;
+        updates.push((row.key_id.clone(), row.version, row.root_version, sealed));
+    }
+    let entry = audit(&p, &req, "root_key.reseal", None);
+    let resealed = state.store.reseal(&updates, current, entry).await?;
+    let remaining = state.store.sealed_under_other_roots(current).await?.len();
+    Ok(
+        Json(json!({ "root_version": current, "resealed": resealed, "remaining": remaining }))
+            .into_response(),
+    )
+}

@@ -105,6 +105,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             "/v1/tenants/{tenant}/keys/{key}/cancel-destroy",
             post(lifecycle::cancel_destroy),
         )
+        .route("/v1/root-key/reseal", post(lifecycle::reseal_root))
         .route("/v1/audit", get(handlers::read_audit))
         .route("/v1/audit/verify", get(handlers::verify_audit))
         .route("/v1/openapi.json", get(handlers::openapi))

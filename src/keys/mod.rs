@@ -90,7 +90,10 @@ impl<V> Bounded<V> {
 
 /// Creates and opens tenant keys.
 pub struct KeyService {
+    /// Seals new versions; also unseals what it sealed.
     root: RootKey,
+    /// Older root keys, kept only to unseal (and re-seal) rows during a root-key rotation.
+    previous: Vec<RootKey>,
     private: Mutex<Bounded<TenantPrivateKey>>,
     public: Mutex<Bounded<TenantPublicKey>>,
 }
@@ -100,10 +103,12 @@ fn now_ms() -> i64 {
 }
 
 impl KeyService {
-    /// A key service over `root`, caching up to `capacity` private and public keys each.
-    pub fn new(root: RootKey, capacity: usize) -> Self {
+    /// A key service over `root` (and `previous` root keys for unsealing only), caching up to
+    /// `capacity` private and public keys each.
+    pub fn new(root: RootKey, previous: Vec<RootKey>, capacity: usize) -> Self {
         KeyService {
             root,
+            previous,
             private: Mutex::new(Bounded::new(capacity)),
             public: Mutex::new(Bounded::new(capacity)),
         }
@@ -170,7 +175,7 @@ impl KeyService {
         let sealed = SealedTenantKey::parse(sealed_bytes)
             .map_err(|e| KeyError::Corrupt(format!("sealed key: {e}")))?;
         let key = Arc::new(
-            self.root
+            self.root_for(sealed.root_key_version())?
                 .unseal_tenant_key(&sealed, &expected)
                 .map_err(|_| {
                     KeyError::Corrupt("sealed key does not open under the root key".into())
@@ -178,6 +183,46 @@ impl KeyService {
         );
         lock(&self.private).insert(cache_key, key.clone());
         Ok(key)
+    }
+
+    /// The root key of a given version: the current one or a configured previous one.
+    fn root_for(&self, version: u32) -> Result<&RootKey, KeyError> {
+        std::iter::once(&self.root)
+            .chain(&self.previous)
+            .find(|r| r.version() == version)
+            .ok_or_else(|| {
+                KeyError::Corrupt(format!("no root key of version {version} is configured"))
+            })
+    }
+
+    /// The current root key version (what new seals use).
+    pub fn root_version(&self) -> u32 {
+        self.root.version()
+    }
+
+    /// Re-seal a stored version under the current root key (root-key rotation). The unsealed key
+    /// lives only inside this call.
+    pub fn reseal(&self, tenant: TenantId, row: &VersionRow) -> Result<Vec<u8>, KeyError> {
+        let expected = KeyRef {
+            tenant,
+            key: key_id(&row.key_id)?,
+            version: u32::try_from(row.version).map_err(|_| KeyError::Corrupt("version".into()))?,
+        };
+        let bytes = row
+            .sealed_private
+            .as_deref()
+            .ok_or_else(|| KeyError::Corrupt("key material destroyed".into()))?;
+        let sealed = SealedTenantKey::parse(bytes)
+            .map_err(|e| KeyError::Corrupt(format!("sealed key: {e}")))?;
+        let private = self
+            .root_for(sealed.root_key_version())?
+            .unseal_tenant_key(&sealed, &expected)
+            .map_err(|_| KeyError::Corrupt("sealed key does not open under its root key".into()))?;
+        let resealed = self
+            .root
+            .seal_tenant_key(&private)
+            .map_err(KeyError::Crypto)?;
+        Ok(resealed.as_bytes().to_vec())
     }
 
     /// Drop every cached private key (they zeroize as the last reference goes).
@@ -226,7 +271,7 @@ mod tests {
 
     #[test]
     fn new_versions_are_cached_and_unseal_after_a_cache_clear() {
-        let service = KeyService::new(RootKey::generate(1).unwrap(), 4);
+        let service = KeyService::new(RootKey::generate(1).unwrap(), Vec::new(), 4);
         let key_ref = KeyRef {
             tenant: TenantId::random().unwrap(),
             key: KeyId::random().unwrap(),

@@ -281,6 +281,24 @@ pub trait Store: Send + Sync {
     /// (key id, version) of every version that is not enabled: the key caches drop these.
     async fn unusable_versions(&self) -> StoreResult<Vec<(String, i64)>>;
 
+    /// Versions still holding material sealed under another root key version than `root_version`:
+    /// (tenant id, row).
+    async fn sealed_under_other_roots(
+        &self,
+        root_version: i64,
+    ) -> StoreResult<Vec<(String, VersionRow)>>;
+
+    /// Replace sealed material after a root-key rotation, all rows in one transaction with one
+    /// audit entry. Each update is (key id, version, expected old root version, new sealed
+    /// blob); a row that changed meanwhile (destroyed, already re-sealed) is skipped. Returns how
+    /// many rows were re-sealed.
+    async fn reseal(
+        &self,
+        updates: &[(String, i64, i64, Vec<u8>)],
+        new_root_version: i64,
+        audit: NewAuditEntry,
+    ) -> StoreResult<u64>;
+
     /// Close the connection pool cleanly.
     async fn close(&self);
 }

@@ -508,7 +508,7 @@ impl Store for SqlStore {
         let next: Option<i64> = row.try_get("next_rotation_at").map_err(db_err)?;
         let max_version: Option<i64> = row.try_get("max_version").map_err(db_err)?;
         if let Some(now) = due_at
-            && !next.is_some_and(|n| n <= now)
+            && next.is_none_or(|n| n > now)
         {
             tx.rollback().await.map_err(db_err)?;
             return Err(StoreError::NotFound);
@@ -703,6 +703,58 @@ impl Store for SqlStore {
                 ))
             })
             .collect()
+    }
+
+    async fn sealed_under_other_roots(
+        &self,
+        root_version: i64,
+    ) -> StoreResult<Vec<(String, VersionRow)>> {
+        let rows = sqlx::query(
+            "SELECT k.tenant_id, v.key_id, v.version, v.state, v.sealed_private, v.root_version, \
+             v.public_key, v.fingerprint, v.created_at, v.destroy_at, v.destroyed_at \
+             FROM key_versions v JOIN keys k ON k.id = v.key_id \
+             WHERE v.sealed_private IS NOT NULL AND v.root_version <> $1",
+        )
+        .bind(root_version)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("tenant_id").map_err(db_err)?, version_row(r)?)))
+            .collect()
+    }
+
+    async fn reseal(
+        &self,
+        updates: &[(String, i64, i64, Vec<u8>)],
+        new_root_version: i64,
+        audit: NewAuditEntry,
+    ) -> StoreResult<u64> {
+        let (mut tx, seq, hash) = self.begin_audited().await?;
+        let mut changed = 0;
+        for (key_id, version, old_root, sealed) in updates {
+            changed += sqlx::query(
+                "UPDATE key_versions SET sealed_private = $1, root_version = $2 \
+                 WHERE key_id = $3 AND version = $4 AND root_version = $5 \
+                 AND sealed_private IS NOT NULL",
+            )
+            .bind(sealed)
+            .bind(new_root_version)
+            .bind(key_id)
+            .bind(version)
+            .bind(old_root)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .rows_affected();
+        }
+        let mut audit = audit;
+        audit.detail = Some(
+            serde_json::json!({ "resealed": changed, "root_version": new_root_version })
+                .to_string(),
+        );
+        Self::commit_audited(tx, seq, &hash, audit).await?;
+        Ok(changed)
     }
 
     async fn close(&self) {
