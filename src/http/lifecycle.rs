@@ -48,21 +48,29 @@ pub async fn rotate(
     authorize(&p, Action::ManageKeys(&tenant_name))?;
     let t = tenant(&state, &tenant_name).await?;
     let k = key(&state, &t, &key_name).await?;
-    let (tid, kid) = (tenant_id(&t.id)?, key_id(&k.id)?);
-    let keys = state.keys.clone();
-    let make = move |version: i64| {
-        let version = u32::try_from(version).map_err(|_| "version overflow".to_owned())?;
-        keys.new_version(KeyRef {
-            tenant: tid,
-            key: kid,
-            version,
-        })
-        .map_err(|e| e.to_string())
-    };
+    let make = version_maker(state.keys.clone(), tenant_id(&t.id)?, key_id(&k.id)?);
     let mut entry = audit(&p, &req, "key.rotate", Some(&tenant_name));
     entry.key = Some(key_name);
     let (v, _) = rotate_audited(&state, &k.id, None, &make, entry).await?;
     Ok(Json(json!({ "version": v.version, "fingerprint": v.fingerprint })).into_response())
+}
+
+/// What `Store::rotate_key` calls inside its transaction: a new sealed key pair for the version
+/// number the transaction settled on.
+fn version_maker(
+    keys: std::sync::Arc<crate::keys::KeyService>,
+    tenant: pqkms_envelope::TenantId,
+    key: pqkms_envelope::KeyId,
+) -> impl Fn(i64) -> Result<crate::store::VersionRow, String> + Send + Sync {
+    move |version: i64| {
+        let version = u32::try_from(version).map_err(|_| "version overflow".to_owned())?;
+        keys.new_version(KeyRef {
+            tenant,
+            key,
+            version,
+        })
+        .map_err(|e| e.to_string())
+    }
 }
 
 /// Rotation with the new version number in the audit entry. The entry is built before the
@@ -103,17 +111,11 @@ pub(crate) async fn rotate_due(
     tenant_name: &str,
     key: &crate::store::KeyRow,
 ) -> Result<bool, ApiError> {
-    let (tid, kid) = (tenant_id(tenant_id_hex)?, key_id(&key.id)?);
-    let keys = state.keys.clone();
-    let make = move |version: i64| {
-        let version = u32::try_from(version).map_err(|_| "version overflow".to_owned())?;
-        keys.new_version(KeyRef {
-            tenant: tid,
-            key: kid,
-            version,
-        })
-        .map_err(|e| e.to_string())
-    };
+    let make = version_maker(
+        state.keys.clone(),
+        tenant_id(tenant_id_hex)?,
+        key_id(&key.id)?,
+    );
     let entry = crate::audit::NewAuditEntry {
         time_ms: crate::now_ms(),
         principal: "scheduler".into(),

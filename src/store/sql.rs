@@ -373,11 +373,7 @@ impl Store for SqlStore {
             q = q.bind(t);
         }
         let done = q.execute(&mut *tx).await.map_err(db_err)?;
-        if done.rows_affected() == 0 {
-            tx.rollback().await.map_err(db_err)?;
-            return Err(StoreError::NotFound);
-        }
-        Self::commit_audited(tx, seq, &hash, audit).await
+        finish_if_changed(tx, done.rows_affected(), seq, &hash, audit).await
     }
 
     async fn append_audit(&self, audit: NewAuditEntry) -> StoreResult<AuditEntry> {
