@@ -20,6 +20,9 @@ use crate::{
     TenantPrivateKey, TenantPublicKey,
 };
 
+/// The full open path of a format, as the fail_ cases run it.
+type OpenFn<'a> = &'a dyn Fn(&[u8]) -> Result<Vec<u8>, Error>;
+
 fn seq<const N: usize>(start: u8) -> [u8; N] {
     core::array::from_fn(|i| start.wrapping_add(i as u8))
 }
@@ -61,12 +64,7 @@ fn error_name<T>(r: Result<T, Error>) -> String {
 }
 
 /// A `fail_` case: asserts at generation time that `open` gives `expected`, and records it.
-fn fail_case(
-    name: &str,
-    encoding: Vec<u8>,
-    expected: Error,
-    open: &dyn Fn(&[u8]) -> Result<Vec<u8>, Error>,
-) -> Value {
+fn fail_case(name: &str, encoding: Vec<u8>, expected: Error, open: OpenFn<'_>) -> Value {
     assert_eq!(open(&encoding).err(), Some(expected), "{name}");
     json!({ "name": name, "encoding": hex::encode(&encoding), "error": format!("{expected:?}") })
 }
@@ -83,11 +81,7 @@ fn with(bytes: &[u8], index: usize, value: &[u8]) -> Vec<u8> {
     b
 }
 
-fn common_fails(
-    valid: &[u8],
-    magic_len: usize,
-    open: &dyn Fn(&[u8]) -> Result<Vec<u8>, Error>,
-) -> Vec<Value> {
+fn common_fails(valid: &[u8], magic_len: usize, open: OpenFn<'_>) -> Vec<Value> {
     let mut trailing = valid.to_vec();
     trailing.push(0);
     let truncated = valid[..valid.len() - 1].to_vec();
@@ -527,7 +521,7 @@ fn stored(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
-fn run_fails(file: &Value, open: &dyn Fn(&[u8]) -> Result<Vec<u8>, Error>) -> usize {
+fn run_fails(file: &Value, open: OpenFn<'_>) -> usize {
     let fails = file["fail"].as_array().unwrap();
     for f in fails {
         let name = f["name"].as_str().unwrap();

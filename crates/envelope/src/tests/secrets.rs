@@ -59,8 +59,8 @@ fn secret_types_have_no_debug_display_or_clone() {
     assert_secret_type!(DataKey);
     assert_secret_type!(FieldKey);
     // The probes themselves work: a type that has the traits is detected.
-    assert!(Probe::<KeyRef>::DEBUG && CloneProbe::<KeyRef>::CLONE);
-    assert!(DisplayProbe::<TenantId>::DISPLAY);
+    const { assert!(Probe::<KeyRef>::DEBUG && CloneProbe::<KeyRef>::CLONE) };
+    const { assert!(DisplayProbe::<TenantId>::DISPLAY) };
 }
 
 fn key_ref() -> KeyRef {

@@ -1,0 +1,782 @@
+//! The HTTP client for the v1 API: configuration, retries, error mapping, and one method per route.
+
+use core::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use pqkms_envelope::{DataKey, EncryptionContext, TenantPublicKey, WrappedDataKey};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::{Method, StatusCode, Url};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::cache::{CacheLimits, KeyCache};
+use crate::error::{Error, Result, ServiceError};
+
+/// When and how often a failed request is tried again.
+///
+/// Only failures where the service certainly did not act, or asked to be retried, are retried:
+/// a connection that could not be established, and `503 unavailable`. A timeout is **not**
+/// retried (the service may have generated and audited a key already), nor is any other status.
+/// Note that `503` can also mean the server's request time limit struck mid-operation; a retried
+/// `create_*` may then answer `409 conflict` for the object the first attempt created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 = never retry).
+    pub max_retries: u32,
+    /// Delay before the first retry; doubles on each further retry.
+    pub initial_backoff: Duration,
+    /// Upper bound of one delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Three retries: about 0.1 s, 0.2 s and 0.4 s apart (with jitter), at most 2 s each.
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 3,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Never retry.
+    pub fn none() -> Self {
+        RetryPolicy {
+            max_retries: 0,
+            ..RetryPolicy::default()
+        }
+    }
+
+    /// The delay before retry number `retry` (0-based): exponential, capped, with "equal jitter"
+    /// (uniform in [d/2, d]) so that many clients failing together do not retry in lockstep.
+    fn delay(&self, retry: u32) -> Duration {
+        let factor = 1u32.checked_shl(retry.min(20)).unwrap_or(u32::MAX);
+        let full = self
+            .initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff);
+        let half = full / 2;
+        let jitter = getrandom::u32().unwrap_or(0);
+        half + half.mul_f64(f64::from(jitter) / f64::from(u32::MAX))
+    }
+}
+
+/// The roles a tenant token can carry (`operator` cannot be granted through the API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Manage the tenant's keys and tokens, read its audit entries and public keys.
+    TenantAdmin,
+    /// Generate data keys, read public keys.
+    Encrypt,
+    /// Decrypt data keys.
+    Decrypt,
+}
+
+/// Answer of [`Client::create_tenant`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TenantCreated {
+    /// The tenant's name.
+    pub tenant: String,
+    /// Its 32-hex-digit id (bound into every wrapped key).
+    pub id: String,
+    /// The key created with it (`"default"`).
+    pub default_key: String,
+}
+
+/// Answer of [`Client::create_token`]: the only time the token is ever shown.
+#[derive(Debug)]
+pub struct CreatedToken {
+    /// The bearer token. Store it in your secret store; it is never shown again.
+    pub token: SecretString,
+    /// The token id (`tok_…`), not secret: what the audit log records and revocation takes.
+    pub id: String,
+    /// Its roles.
+    pub roles: Vec<Role>,
+    /// Expiry, Unix milliseconds, if any.
+    pub expires_at: Option<i64>,
+}
+
+/// One version of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct KeyVersion {
+    /// Version number, from 1.
+    pub version: u32,
+    /// `enabled`, ...
+    pub state: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Fingerprint of the version's public key (32 hex digits).
+    pub fingerprint: String,
+}
+
+/// Metadata of one key (no key material).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct KeyInfo {
+    /// The key's name within its tenant.
+    pub name: String,
+    /// Its 32-hex-digit id (bound into every wrapped key).
+    pub id: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// The newest enabled version: the one new data keys are wrapped to.
+    pub current_version: Option<u32>,
+    /// All versions, oldest first.
+    pub versions: Vec<KeyVersion>,
+}
+
+/// Answer of [`Client::audit_verify`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AuditVerification {
+    /// Every entry and link checks out.
+    pub ok: bool,
+    /// Entries checked.
+    pub entries: u64,
+    /// Hash of the newest entry: anchor it somewhere the database's writers cannot reach.
+    pub head: String,
+    /// First entry that does not fit, if any.
+    #[serde(default)]
+    pub first_bad_seq: Option<u64>,
+    /// What is wrong with it.
+    #[serde(default)]
+    pub problem: Option<String>,
+}
+
+/// Answer of [`Client::generate_data_key`].
+pub struct GeneratedDataKey {
+    /// The data key wrapped to the key's current version and bound to the context: store it.
+    pub wrapped: WrappedDataKey,
+    /// The plaintext data key (zeroized on drop), unless `include_plaintext` was false.
+    pub plaintext: Option<DataKey>,
+    /// The key version it is wrapped to.
+    pub version: u32,
+}
+
+impl fmt::Debug for GeneratedDataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeneratedDataKey")
+            .field("wrapped", &self.wrapped)
+            .field("plaintext", &self.plaintext.as_ref().map(|_| "[REDACTED]"))
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// Counters of what a [`Client`] (and every clone of it) did, for tests and metrics.
+/// Operation counters count logical calls; `requests` counts HTTP attempts, retries included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    /// HTTP requests sent, retries included.
+    pub requests: u64,
+    /// Of those, retries.
+    pub retries: u64,
+    /// `generate_data_key` calls to the service.
+    pub data_keys_generated: u64,
+    /// `decrypt_data_key` calls to the service.
+    pub data_keys_decrypted: u64,
+    /// `public_key` calls to the service.
+    pub public_key_reads: u64,
+    /// `blind-index-key` calls to the service.
+    pub blind_index_keys: u64,
+    /// Data keys generated and wrapped locally with a pinned public key (no service call).
+    pub data_keys_wrapped_offline: u64,
+    /// Records that reused a cached data key for encryption.
+    pub encrypt_cache_hits: u64,
+    /// Records that reused a cached data key for decryption.
+    pub decrypt_cache_hits: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) requests: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) data_keys_generated: AtomicU64,
+    pub(crate) data_keys_decrypted: AtomicU64,
+    pub(crate) public_key_reads: AtomicU64,
+    pub(crate) blind_index_keys: AtomicU64,
+    pub(crate) data_keys_wrapped_offline: AtomicU64,
+    pub(crate) encrypt_cache_hits: AtomicU64,
+    pub(crate) decrypt_cache_hits: AtomicU64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    fn snapshot(&self) -> ClientStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ClientStats {
+            requests: get(&self.requests),
+            retries: get(&self.retries),
+            data_keys_generated: get(&self.data_keys_generated),
+            data_keys_decrypted: get(&self.data_keys_decrypted),
+            public_key_reads: get(&self.public_key_reads),
+            blind_index_keys: get(&self.blind_index_keys),
+            data_keys_wrapped_offline: get(&self.data_keys_wrapped_offline),
+            encrypt_cache_hits: get(&self.encrypt_cache_hits),
+            decrypt_cache_hits: get(&self.decrypt_cache_hits),
+        }
+    }
+}
+
+/// Configures a [`Client`]. Start with [`Client::builder`].
+pub struct ClientBuilder {
+    base: String,
+    token: SecretString,
+    timeout: Duration,
+    connect_timeout: Duration,
+    retry: RetryPolicy,
+    cache: CacheLimits,
+    root_certificates: Vec<reqwest::Certificate>,
+    allow_insecure_http: bool,
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("base", &self.base)
+            .field("token", &"[REDACTED]")
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("retry", &self.retry)
+            .field("cache", &self.cache)
+            .field("root_certificates", &self.root_certificates.len())
+            .field("allow_insecure_http", &self.allow_insecure_http)
+            .finish()
+    }
+}
+
+impl ClientBuilder {
+    /// Whole-request timeout (default 30 s, the service's own request limit).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Connection timeout (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Retry policy (default [`RetryPolicy::default`]).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Limits of the data-key cache (default [`CacheLimits::default`];
+    /// [`CacheLimits::disabled`] for one service call per record).
+    pub fn cache_limits(mut self, limits: CacheLimits) -> Self {
+        self.cache = limits;
+        self
+    }
+
+    /// Trust this CA in addition to the platform's roots (a private PKI in front of pqkms).
+    pub fn add_root_certificate(mut self, certificate: reqwest::Certificate) -> Self {
+        self.root_certificates.push(certificate);
+        self
+    }
+
+    /// Allow `http://` to a host other than the loopback interface. Off by default: the bearer
+    /// token and plaintext data keys would cross the network in the clear. Use only behind a
+    /// TLS-terminating sidecar on the same host or network namespace.
+    pub fn allow_insecure_http(mut self, allow: bool) -> Self {
+        self.allow_insecure_http = allow;
+        self
+    }
+
+    /// Build the client.
+    pub fn build(self) -> Result<Client> {
+        let base = Url::parse(&self.base)
+            .map_err(|e| Error::Config(format!("base URL {:?}: {e}", self.base)))?;
+        match base.scheme() {
+            "https" => {}
+            "http" if self.allow_insecure_http || is_loopback(&base) => {}
+            "http" => {
+                return Err(Error::Config(
+                    "plain http to a non-loopback host sends the token and data keys in the \
+                     clear; use https (or allow_insecure_http)"
+                        .into(),
+                ));
+            }
+            other => return Err(Error::Config(format!("unsupported URL scheme {other:?}"))),
+        }
+        if base.cannot_be_a_base() || base.query().is_some() || base.fragment().is_some() {
+            return Err(Error::Config(
+                "base URL must be scheme://host[:port][/path]".into(),
+            ));
+        }
+        self.cache.validate()?;
+        let mut http = reqwest::Client::builder()
+            .timeout(self.timeout)
+            .connect_timeout(self.connect_timeout)
+            .user_agent(concat!("pqkms-client/", env!("CARGO_PKG_VERSION")));
+        if !self.root_certificates.is_empty() {
+            http = http.tls_certs_merge(self.root_certificates);
+        }
+        let http = http
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                token: self.token,
+                retry: self.retry,
+                counters: Counters::default(),
+                cache: KeyCache::new(self.cache),
+            }),
+        })
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host_str() {
+        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+/// A client of one pqkms service with one bearer token. Cheap to clone (an `Arc`); clones share
+/// the connection pool, the data-key cache and the [`ClientStats`] counters.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    token: SecretString,
+    retry: RetryPolicy,
+    pub(crate) counters: Counters,
+    pub(crate) cache: KeyCache,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.inner.base.as_str())
+            .field("token", &"[REDACTED]")
+            .field("retry", &self.inner.retry)
+            .field("cache", &self.inner.cache.limits())
+            .finish()
+    }
+}
+
+/// A successful answer's body. Wiped on drop: data-key answers carry plaintext keys. (The HTTP
+/// stack's own receive buffers are outside this crate's reach.)
+type Body = Zeroizing<Vec<u8>>;
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+impl Client {
+    /// A client with default settings for the service at `base_url` (e.g.
+    /// `https://pqkms.internal:8650`) authenticating with `token`.
+    pub fn new(base_url: &str, token: impl Into<SecretString>) -> Result<Client> {
+        Client::builder(base_url, token).build()
+    }
+
+    /// Configure a client.
+    pub fn builder(base_url: &str, token: impl Into<SecretString>) -> ClientBuilder {
+        ClientBuilder {
+            base: base_url.to_owned(),
+            token: token.into(),
+            timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            cache: CacheLimits::default(),
+            root_certificates: Vec::new(),
+            allow_insecure_http: false,
+        }
+    }
+
+    /// What this client (and its clones) did so far.
+    pub fn stats(&self) -> ClientStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Drop every cached data key now (they are zeroized as the last record using each ends).
+    pub fn clear_cache(&self) {
+        self.inner.cache.clear();
+    }
+
+    fn url(&self, segments: &[&str]) -> Result<Url> {
+        let mut url = self.inner.base.clone();
+        {
+            let mut path = url
+                .path_segments_mut()
+                .map_err(|()| Error::Config("base URL cannot take a path".into()))?;
+            path.pop_if_empty();
+            // Each segment is percent-encoded: a name cannot smuggle `/`, `?` or `..` into the path.
+            path.extend(segments);
+        }
+        Ok(url)
+    }
+
+    /// Send one request (with retries) and return the body of a 2xx answer.
+    async fn call(&self, method: Method, url: Url, body: Option<Vec<u8>>) -> Result<Body> {
+        let inner = &self.inner;
+        let mut retry = 0u32;
+        loop {
+            let mut auth = Zeroizing::new(String::with_capacity(7 + 70));
+            auth.push_str("Bearer ");
+            auth.push_str(inner.token.expose_secret());
+            let mut auth = HeaderValue::from_str(&auth)
+                .map_err(|_| Error::Config("the token contains invalid characters".into()))?;
+            auth.set_sensitive(true);
+            let mut req = inner
+                .http
+                .request(method.clone(), url.clone())
+                .header(AUTHORIZATION, auth);
+            if let Some(b) = &body {
+                req = req.header(CONTENT_TYPE, "application/json").body(b.clone());
+            }
+            bump(&inner.counters.requests);
+            let can_retry = retry < inner.retry.max_retries;
+            let outcome = req.send().await;
+            match outcome {
+                Err(e) if e.is_connect() && can_retry => {}
+                Err(e) => return Err(Error::from_transport(e)),
+                Ok(resp) if resp.status() == StatusCode::SERVICE_UNAVAILABLE && can_retry => {}
+                Ok(resp) => return read_answer(resp).await,
+            }
+            tokio::time::sleep(inner.retry.delay(retry)).await;
+            retry += 1;
+            bump(&inner.counters.retries);
+        }
+    }
+
+    async fn call_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: Option<serde_json::Value>,
+    ) -> Result<T> {
+        let url = self.url(segments)?;
+        let body = body
+            .map(|b| serde_json::to_vec(&b))
+            .transpose()
+            .map_err(|e| Error::Config(format!("cannot encode the request: {e}")))?;
+        let answer = self.call(method, url, body).await?;
+        parse(&answer)
+    }
+
+    // ------------------------------------------------------------------ operator
+
+    /// `POST /v1/tenants` (operator): create a tenant and its `default` key.
+    pub async fn create_tenant(&self, name: &str) -> Result<TenantCreated> {
+        self.call_json(
+            Method::POST,
+            &["v1", "tenants"],
+            Some(json!({ "name": name })),
+        )
+        .await
+    }
+
+    /// `GET /v1/audit/verify` (operator): recompute the audit hash chain.
+    pub async fn audit_verify(&self) -> Result<AuditVerification> {
+        self.call_json(Method::GET, &["v1", "audit", "verify"], None)
+            .await
+    }
+
+    // ------------------------------------------------------------------ tokens
+
+    /// `POST /v1/tenants/{tenant}/tokens` (operator; tenant-admin): a new token with `roles`,
+    /// expiring after `ttl` (rounded up to whole seconds) if given.
+    pub async fn create_token(
+        &self,
+        tenant: &str,
+        roles: &[Role],
+        ttl: Option<Duration>,
+    ) -> Result<CreatedToken> {
+        #[derive(Deserialize)]
+        struct Raw {
+            token: String,
+            id: String,
+            roles: Vec<Role>,
+            expires_at: Option<i64>,
+        }
+        let ttl_seconds = ttl.map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+        let raw: Raw = self
+            .call_json(
+                Method::POST,
+                &["v1", "tenants", tenant, "tokens"],
+                Some(json!({ "roles": roles, "ttl_seconds": ttl_seconds })),
+            )
+            .await?;
+        Ok(CreatedToken {
+            token: SecretString::from(raw.token),
+            id: raw.id,
+            roles: raw.roles,
+            expires_at: raw.expires_at,
+        })
+    }
+
+    /// `DELETE /v1/tenants/{tenant}/tokens/{id}` (operator; tenant-admin).
+    pub async fn revoke_token(&self, tenant: &str, token_id: &str) -> Result<()> {
+        let url = self.url(&["v1", "tenants", tenant, "tokens", token_id])?;
+        self.call(Method::DELETE, url, None).await.map(drop)
+    }
+
+    // ------------------------------------------------------------------ keys
+
+    /// `POST /v1/tenants/{tenant}/keys` (tenant-admin).
+    pub async fn create_key(&self, tenant: &str, name: &str) -> Result<KeyInfo> {
+        self.call_json(
+            Method::POST,
+            &["v1", "tenants", tenant, "keys"],
+            Some(json!({ "name": name })),
+        )
+        .await
+    }
+
+    /// `GET /v1/tenants/{tenant}/keys` (tenant-admin).
+    pub async fn list_keys(&self, tenant: &str) -> Result<Vec<KeyInfo>> {
+        #[derive(Deserialize)]
+        struct Raw {
+            keys: Vec<KeyInfo>,
+        }
+        let raw: Raw = self
+            .call_json(Method::GET, &["v1", "tenants", tenant, "keys"], None)
+            .await?;
+        Ok(raw.keys)
+    }
+
+    /// `GET /v1/tenants/{tenant}/keys/{key}` (tenant-admin).
+    pub async fn get_key(&self, tenant: &str, key: &str) -> Result<KeyInfo> {
+        self.call_json(Method::GET, &["v1", "tenants", tenant, "keys", key], None)
+            .await
+    }
+
+    /// `GET /v1/tenants/{tenant}/keys/{key}/public-key` (encrypt; tenant-admin): the current
+    /// version's public key, parsed and validated. This does **not** authenticate the key: the
+    /// answer is only as trustworthy as the connection. For offline wrapping use
+    /// [`Client::pinned_public_key`](crate::Client::pinned_public_key), which checks a fingerprint
+    /// you obtained through a channel you trust.
+    pub async fn public_key(&self, tenant: &str, key: &str) -> Result<TenantPublicKey> {
+        #[derive(Deserialize)]
+        struct Raw {
+            version: u32,
+            public_key: String,
+            fingerprint: String,
+        }
+        bump(&self.inner.counters.public_key_reads);
+        let raw: Raw = self
+            .call_json(
+                Method::GET,
+                &["v1", "tenants", tenant, "keys", key, "public-key"],
+                None,
+            )
+            .await?;
+        let bytes = B64
+            .decode(raw.public_key.as_bytes())
+            .map_err(|_| Error::InvalidResponse("public_key is not base64".into()))?;
+        let public = TenantPublicKey::from_bytes(&bytes)
+            .map_err(|e| Error::InvalidResponse(format!("public_key: {e}")))?;
+        if public.key_ref().version != raw.version
+            || !public
+                .fingerprint()
+                .to_string()
+                .eq_ignore_ascii_case(&raw.fingerprint)
+        {
+            return Err(Error::InvalidResponse(
+                "public key does not match its stated version or fingerprint".into(),
+            ));
+        }
+        Ok(public)
+    }
+
+    // ------------------------------------------------------------------ data keys
+
+    /// `POST /v1/tenants/{tenant}/keys/{key}/data-key` (encrypt): a fresh data key wrapped to the
+    /// key's current version under `context`, with its plaintext if `include_plaintext`.
+    ///
+    /// Most applications use an [`Encryptor`](crate::Encryptor) instead, which calls this once
+    /// per record (or less, with the cache) and never exposes the key.
+    pub async fn generate_data_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        context: &EncryptionContext,
+        include_plaintext: bool,
+    ) -> Result<GeneratedDataKey> {
+        #[derive(Deserialize)]
+        struct Raw<'a> {
+            wrapped_key: &'a str,
+            #[serde(borrow, default)]
+            plaintext: Option<&'a str>,
+            version: u32,
+        }
+        bump(&self.inner.counters.data_keys_generated);
+        let url = self.url(&["v1", "tenants", tenant, "keys", key, "data-key"])?;
+        let body = request_body(&json!({
+            "context": context_json(context),
+            "include_plaintext": include_plaintext,
+        }))?;
+        let answer = self.call(Method::POST, url, Some(body)).await?;
+        let raw: Raw<'_> = parse(&answer)?;
+        let wrapped = decode_wrapped(raw.wrapped_key)?;
+        if wrapped.context_digest() != &context.digest() {
+            return Err(Error::InvalidResponse(
+                "wrapped key is bound to another context".into(),
+            ));
+        }
+        let plaintext = match (raw.plaintext, include_plaintext) {
+            (Some(p), true) => Some(decode_data_key(p)?),
+            (None, false) => None,
+            _ => {
+                return Err(Error::InvalidResponse(
+                    "plaintext present or missing against include_plaintext".into(),
+                ));
+            }
+        };
+        Ok(GeneratedDataKey {
+            wrapped,
+            plaintext,
+            version: raw.version,
+        })
+    }
+
+    /// `POST /v1/tenants/{tenant}/keys/{key}/decrypt` (decrypt): unwrap a stored data key. A key
+    /// that does not open with this tenant, key and context is [`Error::DecryptionFailed`].
+    pub async fn decrypt_data_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        wrapped_key: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<DataKey> {
+        #[derive(Deserialize)]
+        struct Raw<'a> {
+            plaintext: &'a str,
+        }
+        bump(&self.inner.counters.data_keys_decrypted);
+        let url = self.url(&["v1", "tenants", tenant, "keys", key, "decrypt"])?;
+        let body = request_body(&json!({
+            "wrapped_key": B64.encode(wrapped_key),
+            "context": context_json(context),
+        }))?;
+        let answer = self.call(Method::POST, url, Some(body)).await?;
+        let raw: Raw<'_> = parse(&answer)?;
+        decode_data_key(raw.plaintext)
+    }
+
+    /// `POST /v1/tenants/{tenant}/keys/{key}/blind-index-key` (encrypt or decrypt): the 32-byte
+    /// blind-index key of `field`, derived by the service from material it holds (never a data
+    /// key). Most applications use [`Client::blind_index`](crate::Client::blind_index).
+    pub(crate) async fn blind_index_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        field: &str,
+    ) -> Result<Zeroizing<[u8; 32]>> {
+        #[derive(Deserialize)]
+        struct Raw<'a> {
+            key: &'a str,
+        }
+        bump(&self.inner.counters.blind_index_keys);
+        let url = self.url(&["v1", "tenants", tenant, "keys", key, "blind-index-key"])?;
+        let body = request_body(&json!({ "field": field }))?;
+        let answer = self.call(Method::POST, url, Some(body)).await?;
+        let raw: Raw<'_> = parse(&answer)?;
+        decode_32(raw.key, "key")
+    }
+}
+
+fn request_body(value: &serde_json::Value) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::Config(format!("cannot encode the request: {e}")))
+}
+
+fn context_json(context: &EncryptionContext) -> serde_json::Map<String, serde_json::Value> {
+    context
+        .iter()
+        .map(|(k, v)| (k.to_owned(), serde_json::Value::String(v.to_owned())))
+        .collect()
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
+    serde_json::from_slice(body).map_err(|e| Error::InvalidResponse(e.to_string()))
+}
+
+fn decode_wrapped(b64: &str) -> Result<WrappedDataKey> {
+    let bytes = B64
+        .decode(b64.as_bytes())
+        .map_err(|_| Error::InvalidResponse("wrapped_key is not base64".into()))?;
+    WrappedDataKey::parse(&bytes).map_err(|e| Error::InvalidResponse(format!("wrapped_key: {e}")))
+}
+
+fn decode_32(b64: &str, what: &str) -> Result<Zeroizing<[u8; 32]>> {
+    let mut bytes = Zeroizing::new([0u8; 33]);
+    match B64.decode_slice(b64.as_bytes(), &mut bytes[..]) {
+        Ok(32) => {
+            let mut out = Zeroizing::new([0u8; 32]);
+            out.copy_from_slice(&bytes[..32]);
+            Ok(out)
+        }
+        _ => Err(Error::InvalidResponse(format!(
+            "{what} is not 32 bytes of base64"
+        ))),
+    }
+}
+
+fn decode_data_key(b64: &str) -> Result<DataKey> {
+    let mut bytes = decode_32(b64, "plaintext")?;
+    let key = DataKey::from_bytes(&bytes);
+    bytes.zeroize();
+    Ok(key)
+}
+
+async fn read_answer(mut resp: reqwest::Response) -> Result<Body> {
+    let status = resp.status();
+    let request_id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut body: Body = Zeroizing::new(Vec::new());
+    while let Some(chunk) = resp.chunk().await.map_err(Error::from_transport)? {
+        body.extend_from_slice(&chunk);
+    }
+    if status.is_success() {
+        return Ok(body);
+    }
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(e) => (e.error.code, e.error.message),
+        Err(_) => (
+            String::new(),
+            status.canonical_reason().unwrap_or("error").to_owned(),
+        ),
+    };
+    Err(Error::from_service(ServiceError {
+        status: status.as_u16(),
+        code,
+        message,
+        request_id,
+    }))
+}
