@@ -30,12 +30,27 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/tenants/{tenant}/keys/{key}/data-key"),
     ("post", "/v1/tenants/{tenant}/keys/{key}/decrypt"),
     ("get", "/v1/tenants/{tenant}/keys/{key}/public-key"),
+    ("post", "/v1/tenants/{tenant}/keys/{key}/rotate"),
+    ("post", "/v1/tenants/{tenant}/keys/{key}/rewrap"),
+    ("post", "/v1/tenants/{tenant}/keys/{key}/rewrap-batch"),
+    ("post", "/v1/tenants/{tenant}/keys/{key}/config"),
+    ("post", "/v1/tenants/{tenant}/keys/{key}/disable"),
+    ("post", "/v1/tenants/{tenant}/keys/{key}/enable"),
+    ("post", "/v1/tenants/{tenant}/keys/{key}/destroy"),
+    ("post", "/v1/tenants/{tenant}/keys/{key}/cancel-destroy"),
+    ("post", "/v1/root-key/reseal"),
     ("get", "/v1/audit"),
     ("get", "/v1/audit/verify"),
     ("get", "/v1/openapi.json"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),
+];
+
+/// POST routes whose handler reads no body (any body sent is ignored).
+const POST_WITHOUT_BODY: &[&str] = &[
+    "/v1/tenants/{tenant}/keys/{key}/rotate",
+    "/v1/root-key/reseal",
 ];
 
 /// Routes that take no token.
@@ -598,9 +613,16 @@ async fn request_bodies_are_as_documented() {
     for (m, p) in documented_operations(&doc) {
         let op = operation(&doc, &m, &p);
         let Some(rb) = op.get("requestBody") else {
-            assert!(m != "post", "POST {p} documents no request body");
+            assert!(
+                m != "post" || POST_WITHOUT_BODY.contains(&p.as_str()),
+                "POST {p} documents no request body"
+            );
             continue;
         };
+        assert!(
+            !POST_WITHOUT_BODY.contains(&p.as_str()),
+            "{m} {p} is listed in POST_WITHOUT_BODY but documents a request body"
+        );
         seen += 1;
         assert_eq!(
             rb["required"], true,
@@ -655,7 +677,7 @@ async fn request_bodies_are_as_documented() {
         );
         check_answer(&doc, &m, &p, s, &v);
     }
-    assert_eq!(seen, 5, "POST routes with a JSON body");
+    assert_eq!(seen, 12, "POST routes with a JSON body");
     server.stop().await;
 }
 
@@ -889,5 +911,501 @@ async fn real_answers_have_the_documented_shape() {
             .unwrap()
             .contains("pqkms_http_requests_total")
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn lifecycle_answers_have_the_documented_shape() {
+    // No minimum waiting period, and a worker that never runs on its own: the test runs its passes.
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.min_destroy_waiting_secs = 0;
+        c.lifecycle_interval_ms = 3_600_000;
+    })
+    .await;
+    let doc = fetch_doc(&server).await;
+    let acme = server.tenant("acme").await;
+    let tick = || async {
+        let state = &server.running.as_ref().expect("running").state;
+        pqkms::http::lifecycle_tick(state)
+            .await
+            .expect("lifecycle pass");
+    };
+    let p = |op: &str| format!("/v1/tenants/{{tenant}}/keys/{{key}}/{op}");
+    // One call, checked against the document; returns the status and body.
+    let call = |method: &'static str,
+                op: String,
+                key: &'static str,
+                token: String,
+                body: Option<Value>| {
+        let doc = &doc;
+        let server = &server;
+        async move {
+            let url = op.replace("{tenant}", "acme").replace("{key}", key);
+            let (s, v) = server
+                .call(method_of(method), &url, Some(&token), body)
+                .await;
+            check_answer(doc, method, &op, s, &v);
+            (s, v)
+        }
+    };
+    let (admin, enc, dec) = (
+        acme.admin.clone(),
+        acme.encrypt.clone(),
+        acme.decrypt.clone(),
+    );
+    let ctx = json!({ "table": "users", "column": "email" });
+    let code = |v: &Value| v["error"]["code"].as_str().unwrap_or("").to_owned();
+
+    let (s, v) = call(
+        "post",
+        p("data-key"),
+        "default",
+        enc.clone(),
+        Some(json!({ "context": ctx })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let w1 = v["wrapped_key"].clone();
+
+    // Rotate; re-wrap single and batch.
+    let (s, v) = call("post", p("rotate"), "default", admin.clone(), None).await;
+    assert_eq!((s, v["version"].as_i64()), (StatusCode::OK, Some(2)), "{v}");
+    let good = json!({ "wrapped_key": w1, "context": ctx });
+    let (s, v) = call(
+        "post",
+        p("rewrap"),
+        "default",
+        dec.clone(),
+        Some(good.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["version"].as_i64(), v["from_version"].as_i64()),
+        (Some(2), Some(1))
+    );
+    let wrong = json!({ "wrapped_key": w1, "context": { "table": "orders" } });
+    let (s, v) = call(
+        "post",
+        p("rewrap"),
+        "default",
+        dec.clone(),
+        Some(wrong.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    let bad = json!({ "wrapped_key": "%%%" });
+    let (s, v) = call(
+        "post",
+        p("rewrap"),
+        "default",
+        dec.clone(),
+        Some(bad.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let body = json!({ "items": [good, wrong, bad] });
+    let (s, v) = call(
+        "post",
+        p("rewrap-batch"),
+        "default",
+        dec.clone(),
+        Some(body),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let results = v["results"].as_array().expect("results");
+    let codes: Vec<String> = results.iter().map(code).collect();
+    assert_eq!(codes, ["", "decryption_failed", "bad_request"], "{v}");
+    // check_shape does not follow oneOf: check each item against its branch.
+    for r in results {
+        let branch = if r.get("error").is_some() {
+            "Error"
+        } else {
+            "RewrappedKey"
+        };
+        let schema = json!({ "$ref": format!("#/components/schemas/{branch}") });
+        check_shape(&doc, &schema, r, "rewrap-batch result");
+    }
+    let many = json!({ "items": vec![json!({ "wrapped_key": "AAAA" }); 101] });
+    let (s, v) = call(
+        "post",
+        p("rewrap-batch"),
+        "default",
+        dec.clone(),
+        Some(many),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = call(
+        "post",
+        p("rewrap-batch"),
+        "default",
+        dec.clone(),
+        Some(json!({ "items": [] })),
+    )
+    .await;
+    assert_eq!((s, v), (StatusCode::OK, json!({ "results": [] })));
+
+    // Retirement and the rotation policy.
+    let body = json!({ "min_decryption_version": 2, "rotation_period": "90d" });
+    let (s, v) = call("post", p("config"), "default", admin.clone(), Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["rotation_period_secs"], 90 * 86_400, "{v}");
+    let (s, v) = call(
+        "post",
+        p("decrypt"),
+        "default",
+        dec.clone(),
+        Some(json!({ "wrapped_key": w1, "context": ctx })),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "version_retired".into()),
+        "{v}"
+    );
+    let (s, v) = call(
+        "post",
+        p("rewrap"),
+        "default",
+        dec.clone(),
+        Some(json!({ "wrapped_key": w1, "context": ctx })),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "version_retired".into()),
+        "{v}"
+    );
+    for bad in [
+        json!({ "min_decryption_version": 3 }),
+        json!({ "rotation_period": "30s" }),
+    ] {
+        let (s, v) = call("post", p("config"), "default", admin.clone(), Some(bad)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    }
+    let body = json!({ "min_decryption_version": 1, "rotation_period": "off" });
+    let (s, v) = call("post", p("config"), "default", admin.clone(), Some(body)).await;
+    assert_eq!(
+        (s, v["next_rotation_at"].clone()),
+        (StatusCode::OK, Value::Null),
+        "{v}"
+    );
+
+    // Disable / enable: one version, then the whole key.
+    let one = json!({ "version": 1 });
+    let (s, v) = call(
+        "post",
+        p("disable"),
+        "default",
+        admin.clone(),
+        Some(one.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = call(
+        "post",
+        p("disable"),
+        "default",
+        admin.clone(),
+        Some(one.clone()),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "invalid_state".into()),
+        "{v}"
+    );
+    let (s, v) = call(
+        "post",
+        p("decrypt"),
+        "default",
+        dec.clone(),
+        Some(json!({ "wrapped_key": w1, "context": ctx })),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "key_disabled".into()),
+        "{v}"
+    );
+    let (s, v) = call(
+        "post",
+        p("enable"),
+        "default",
+        admin.clone(),
+        Some(one.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = call(
+        "post",
+        p("enable"),
+        "default",
+        admin.clone(),
+        Some(one.clone()),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "invalid_state".into()),
+        "{v}"
+    );
+    let (s, v) = call(
+        "post",
+        p("disable"),
+        "default",
+        admin.clone(),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(
+        (s, v["version"].clone()),
+        (StatusCode::OK, Value::Null),
+        "{v}"
+    );
+    let (s, v) = call(
+        "post",
+        p("data-key"),
+        "default",
+        enc.clone(),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "key_disabled".into()),
+        "{v}"
+    );
+    let (s, v) = call("get", p("public-key"), "default", enc.clone(), None).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "key_disabled".into()),
+        "{v}"
+    );
+    let (s, v) = call(
+        "post",
+        p("enable"),
+        "default",
+        admin.clone(),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    // Destruction: schedule, cancel, schedule, carried out by a worker pass.
+    let body = json!({ "version": 1, "waiting_period": "0s" });
+    let (s, v) = call(
+        "post",
+        p("destroy"),
+        "default",
+        admin.clone(),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = call(
+        "post",
+        p("destroy"),
+        "default",
+        admin.clone(),
+        Some(body.clone()),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "invalid_state".into()),
+        "{v}"
+    );
+    let (s, v) = call(
+        "get",
+        "/v1/tenants/{tenant}/keys/{key}".into(),
+        "default",
+        admin.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["versions"][0]["state"].clone()),
+        (StatusCode::OK, json!("pending_destruction")),
+        "{v}"
+    );
+    let (s, v) = call(
+        "post",
+        p("cancel-destroy"),
+        "default",
+        admin.clone(),
+        Some(one.clone()),
+    )
+    .await;
+    assert_eq!(
+        (s, v["cancelled"].clone()),
+        (StatusCode::OK, json!(true)),
+        "{v}"
+    );
+    let (s, v) = call(
+        "post",
+        p("cancel-destroy"),
+        "default",
+        admin.clone(),
+        Some(one.clone()),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "invalid_state".into()),
+        "{v}"
+    );
+    let (s, v) = call(
+        "post",
+        p("destroy"),
+        "default",
+        admin.clone(),
+        Some(json!({ "waiting_period": "soon" })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = call("post", p("destroy"), "default", admin.clone(), Some(body)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    tick().await;
+    let (s, v) = call(
+        "post",
+        p("decrypt"),
+        "default",
+        dec.clone(),
+        Some(json!({ "wrapped_key": w1, "context": ctx })),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::GONE, "key_destroyed".into()),
+        "{v}"
+    );
+    assert!(v["error"]["destroyed_at"].is_i64(), "{v}");
+    let (s, v) = call(
+        "post",
+        p("rewrap"),
+        "default",
+        dec.clone(),
+        Some(json!({ "wrapped_key": w1, "context": ctx })),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::GONE, "key_destroyed".into()),
+        "{v}"
+    );
+    let (s, v) = call(
+        "post",
+        p("cancel-destroy"),
+        "default",
+        admin.clone(),
+        Some(one),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::CONFLICT, "invalid_state".into()),
+        "{v}"
+    );
+    let (s, v) = call(
+        "get",
+        "/v1/tenants/{tenant}/keys/{key}".into(),
+        "default",
+        admin.clone(),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, v["versions"][0]["state"].clone()),
+        (StatusCode::OK, json!("destroyed")),
+        "{v}"
+    );
+
+    // A key whose every version is destroyed: 410 for data-key and public-key.
+    let (s, v) = call(
+        "post",
+        "/v1/tenants/{tenant}/keys".into(),
+        "-",
+        admin.clone(),
+        Some(json!({ "name": "old" })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = call(
+        "post",
+        p("destroy"),
+        "old",
+        admin.clone(),
+        Some(json!({ "waiting_period": "0s" })),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    tick().await;
+    let (s, v) = call("post", p("data-key"), "old", enc.clone(), Some(json!({}))).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::GONE, "key_destroyed".into()),
+        "{v}"
+    );
+    let (s, v) = call("get", p("public-key"), "old", enc.clone(), None).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::GONE, "key_destroyed".into()),
+        "{v}"
+    );
+
+    // Destruction receipts: documented entries whose detail is the documented JSON.
+    let (s, v) = call("get", "/v1/audit".into(), "-", admin.clone(), None).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = server
+        .call(
+            Method::GET,
+            "/v1/audit?operation=key.destroyed",
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    check_answer(&doc, "get", "/v1/audit", s, &v);
+    let receipts = v["entries"].as_array().expect("entries");
+    assert_eq!(receipts.len(), 2, "{v}");
+    for r in receipts {
+        assert_eq!(
+            (r["principal"].as_str(), r["request_id"].as_str()),
+            (Some("scheduler"), Some("scheduled"))
+        );
+        let detail: Value =
+            serde_json::from_str(r["detail"].as_str().expect("detail")).expect("JSON");
+        let keys: BTreeSet<&str> = detail
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            BTreeSet::from([
+                "receipt",
+                "fingerprint",
+                "requested_by",
+                "requested_at",
+                "destroy_at",
+                "waiting_period_secs",
+                "destroyed_at"
+            ]),
+            "{detail}"
+        );
+    }
+    let (s, v) = server
+        .call(
+            Method::GET,
+            "/v1/audit/verify",
+            Some(&server.operator),
+            None,
+        )
+        .await;
+    assert_eq!((s, v["ok"].clone()), (StatusCode::OK, json!(true)), "{v}");
     server.stop().await;
 }
