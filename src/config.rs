@@ -178,7 +178,11 @@ impl FileConfig {
     }
 }
 
-/// Parse a duration like `90d`, `12h`, `30m`, `45s` into seconds.
+/// Longest duration accepted anywhere (waiting periods, rotation periods): 100 years. Keeps
+/// `now + duration` far from overflow.
+pub const MAX_DURATION_SECS: i64 = 100 * 365 * 86_400;
+
+/// Parse a duration like `90d`, `12h`, `30m`, `45s` into seconds (at most 100 years).
 pub fn parse_duration_secs(s: &str) -> Option<i64> {
     let s = s.trim();
     let split = s.len().checked_sub(1)?;
@@ -192,6 +196,7 @@ pub fn parse_duration_secs(s: &str) -> Option<i64> {
         _ => return None,
     };
     n.checked_mul(mult)
+        .filter(|secs| *secs <= MAX_DURATION_SECS)
 }
 
 #[cfg(test)]
@@ -203,7 +208,18 @@ mod tests {
         assert_eq!(parse_duration_secs("90d"), Some(90 * 86_400));
         assert_eq!(parse_duration_secs("12h"), Some(43_200));
         assert_eq!(parse_duration_secs("1s"), Some(1));
-        for bad in ["", "d", "-1d", "10", "10w", "1.5h", "99999999999999999d"] {
+        assert_eq!(parse_duration_secs("36500d"), Some(MAX_DURATION_SECS));
+        for bad in [
+            "",
+            "d",
+            "-1d",
+            "10",
+            "10w",
+            "1.5h",
+            "36501d",
+            "106751991167d",
+            "99999999999999999d",
+        ] {
             assert_eq!(parse_duration_secs(bad), None, "{bad}");
         }
     }

@@ -465,3 +465,121 @@ async fn two_nodes_see_rotation_disable_and_destruction_immediately() {
         s.stop().await;
     }
 }
+
+/// Regressions found in review: overflowing durations, new keys wrapped to retired versions,
+/// retired versions that could not be re-wrapped, shredded keys revived by rotation, and rotation
+/// audit entries recording a guessed version.
+#[tokio::test]
+async fn lifecycle_edge_cases() {
+    for backend in backends() {
+        let s = std::sync::Arc::new(TestServer::start(backend).await);
+        let t = s.tenant("acme").await;
+        for body in [
+            json!({ "waiting_period": "106751991167d" }),
+            json!({ "waiting_period": "36501d" }),
+        ] {
+            let (st, v) = post(&s, &t.admin, "/destroy", body).await;
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+        }
+        let (st, _) = post(
+            &s,
+            &t.admin,
+            "/config",
+            json!({ "rotation_period": "106751991167d" }),
+        )
+        .await;
+        assert_eq!(st, StatusCode::BAD_REQUEST);
+
+        let ctx = json!({});
+        let (w1, p1, _) = data_key(&s, &t, &ctx).await;
+        // Concurrent rotations: each audit entry records the version it created.
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let (s, admin) = (s.clone(), t.admin.clone());
+            tasks.push(tokio::spawn(async move {
+                post(&s, &admin, "/rotate", json!({})).await.1["version"]
+                    .as_i64()
+                    .unwrap()
+            }));
+        }
+        let mut made = Vec::new();
+        for task in tasks {
+            made.push(task.await.unwrap());
+        }
+        made.sort();
+        assert_eq!(made, vec![2, 3, 4, 5]);
+        let (_, a) = s
+            .call(
+                Method::GET,
+                "/v1/audit?operation=key.rotate",
+                Some(&s.operator),
+                None,
+            )
+            .await;
+        let mut audited: Vec<i64> = a["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["version"].as_i64().unwrap())
+            .collect();
+        audited.sort();
+        assert_eq!(audited, made);
+
+        // Retire below 5 and disable 5: no version may wrap new keys (not a retired one).
+        post(
+            &s,
+            &t.admin,
+            "/config",
+            json!({ "min_decryption_version": 5 }),
+        )
+        .await;
+        post(&s, &t.admin, "/disable", json!({ "version": 5 })).await;
+        let (st, v) = post(&s, &t.encrypt, "/data-key", json!({})).await;
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (StatusCode::CONFLICT, Some("key_disabled")),
+            "{v}"
+        );
+        post(&s, &t.admin, "/enable", json!({ "version": 5 })).await;
+        // A retired v1 key cannot be decrypted but can be re-wrapped forward.
+        assert_eq!(decrypt(&s, &t, &w1, &ctx).await.0, StatusCode::CONFLICT);
+        let (st, r) = post(&s, &t.decrypt, "/rewrap", json!({ "wrapped_key": w1 })).await;
+        assert_eq!(
+            (st, r["version"].as_i64()),
+            (StatusCode::OK, Some(5)),
+            "{r}"
+        );
+        assert_eq!(
+            decrypt(&s, &t, &r["wrapped_key"], &ctx).await.1["plaintext"],
+            p1
+        );
+        let (_, meta) = s.call(Method::GET, KEY, Some(&t.admin), None).await;
+        assert_eq!(
+            (
+                meta["min_decryption_version"].as_i64(),
+                meta["current_version"].as_i64()
+            ),
+            (Some(5), Some(5))
+        );
+
+        // Shredding the whole key stops scheduled rotation and refuses manual rotation.
+        post(&s, &t.admin, "/config", json!({ "rotation_period": "1m" })).await;
+        let (st, _) = post(&s, &t.admin, "/destroy", json!({ "waiting_period": "30d" })).await;
+        assert_eq!(st, StatusCode::OK);
+        let (_, meta) = s.call(Method::GET, KEY, Some(&t.admin), None).await;
+        assert!(
+            meta["rotation_period_secs"].is_null() && meta["next_rotation_at"].is_null(),
+            "{meta}"
+        );
+        let (st, v) = post(&s, &t.admin, "/rotate", json!({})).await;
+        assert_eq!(
+            (st, v["error"]["code"].as_str()),
+            (StatusCode::CONFLICT, Some("invalid_state"))
+        );
+        verify_ok(&s).await;
+        match std::sync::Arc::try_unwrap(s) {
+            Ok(s) => s.stop().await,
+            Err(_) => panic!("server still shared"),
+        }
+    }
+}

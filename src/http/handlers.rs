@@ -86,11 +86,15 @@ pub(super) async fn key(state: &AppState, tenant: &TenantRow, name: &str) -> Api
         .ok_or(ApiError::NotFound("no such key"))
 }
 
-/// The newest enabled version: what new data keys are wrapped to. A key with none answers 410 if
-/// every version was destroyed, 409 `key_disabled` otherwise.
+/// The newest enabled, non-retired version: what new data keys are wrapped to. A key with none
+/// answers 410 if every version was destroyed, 409 `key_disabled` otherwise.
 pub(super) async fn current_version(state: &AppState, key: &KeyRow) -> ApiResult<VersionRow> {
     let versions = state.store.versions(&key.id).await?;
-    if let Some(v) = versions.iter().rev().find(|v| v.state == "enabled") {
+    if let Some(v) = versions
+        .iter()
+        .rev()
+        .find(|v| v.state == "enabled" && v.version >= key.min_decryption_version)
+    {
         return Ok(v.clone());
     }
     match versions.iter().filter_map(|v| v.destroyed_at).max() {
@@ -269,6 +273,8 @@ struct VersionInfo {
     state: String,
     created_at: i64,
     fingerprint: String,
+    destroy_at: Option<i64>,
+    destroyed_at: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -277,6 +283,9 @@ struct KeyInfo {
     id: String,
     created_at: i64,
     current_version: Option<i64>,
+    min_decryption_version: i64,
+    rotation_period_secs: Option<i64>,
+    next_rotation_at: Option<i64>,
     versions: Vec<VersionInfo>,
 }
 
@@ -285,13 +294,16 @@ async fn key_info(state: &AppState, key: KeyRow) -> ApiResult<KeyInfo> {
     let current_version = versions
         .iter()
         .rev()
-        .find(|v| v.state == "enabled")
+        .find(|v| v.state == "enabled" && v.version >= key.min_decryption_version)
         .map(|v| v.version);
     Ok(KeyInfo {
         name: key.name,
         id: key.id,
         created_at: key.created_at,
         current_version,
+        min_decryption_version: key.min_decryption_version,
+        rotation_period_secs: key.rotation_period_secs,
+        next_rotation_at: key.next_rotation_at,
         versions: versions
             .into_iter()
             .map(|v| VersionInfo {
@@ -299,6 +311,8 @@ async fn key_info(state: &AppState, key: KeyRow) -> ApiResult<KeyInfo> {
                 state: v.state,
                 created_at: v.created_at,
                 fingerprint: v.fingerprint,
+                destroy_at: v.destroy_at,
+                destroyed_at: v.destroyed_at,
             })
             .collect(),
     })
@@ -456,7 +470,7 @@ pub async fn decrypt_data_key(
     entry.key = Some(key_name);
     entry.context_hash = Some(hex::encode(context.digest().as_bytes()));
 
-    let opened = open_wrapped(&state, &t, &k, &blob, &context).await?;
+    let opened = open_wrapped(&state, &t, &k, &blob, &context, Retired::Refuse).await?;
     entry.version = opened.version();
     entry.outcome = opened.outcome().into();
     state.store.append_audit(entry).await?;
@@ -500,6 +514,15 @@ impl Opened {
     }
 }
 
+/// Whether versions below `min_decryption_version` may be opened.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Retired {
+    /// Decrypt: retired versions refuse (409 `version_retired`).
+    Refuse,
+    /// Re-wrap: moving data off a retired version is the way out of it, and reveals nothing.
+    Allow,
+}
+
 /// Open a wrapped key for (tenant, key): the one implementation behind decrypt and re-wrap.
 /// `Err` is a server-side failure (database, unusable stored key).
 pub(super) async fn open_wrapped(
@@ -508,6 +531,7 @@ pub(super) async fn open_wrapped(
     k: &KeyRow,
     blob: &[u8],
     context: &EncryptionContext,
+    retired: Retired,
 ) -> ApiResult<Opened> {
     let Ok(wrapped) = WrappedDataKey::parse(blob) else {
         return Ok(Opened::Unopenable);
@@ -522,13 +546,15 @@ pub(super) async fn open_wrapped(
     };
     let refusal = match row.state.as_str() {
         "destroyed" => Some(ApiError::Destroyed(row.destroyed_at.unwrap_or(0))),
-        "enabled" if version < k.min_decryption_version => Some(ApiError::KeyState(
-            "version_retired",
-            format!(
-                "version {version} is below this key's min_decryption_version ({}); re-wrap data to a newer version",
-                k.min_decryption_version
-            ),
-        )),
+        "enabled" if version < k.min_decryption_version && retired == Retired::Refuse => {
+            Some(ApiError::KeyState(
+                "version_retired",
+                format!(
+                    "version {version} is below this key's min_decryption_version ({}); re-wrap data to a newer version",
+                    k.min_decryption_version
+                ),
+            ))
+        }
         "enabled" => None,
         _ => Some(ApiError::KeyState(
             "key_disabled",

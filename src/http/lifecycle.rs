@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
 use super::handlers::{
-    Opened, audit, authorize, context_of, crypto, current_version, key, open_wrapped, tenant,
+    Opened, Retired, audit, authorize, context_of, crypto, current_version, key, open_wrapped,
+    tenant,
 };
 use super::{ApiError, ApiJson, ApiPath as Path, AppState, Auth, RequestId};
 use crate::auth::Action;
@@ -73,8 +74,8 @@ fn version_maker(
     }
 }
 
-/// Rotation with the new version number in the audit entry. The entry is built before the
-/// version exists, so it records "the version after the current newest" via `detail`.
+/// Rotation; the store writes the new version number into the audit entry inside the same
+/// transaction, so concurrent rotations are recorded exactly.
 async fn rotate_audited(
     state: &AppState,
     key_id: &str,
@@ -82,26 +83,17 @@ async fn rotate_audited(
     make: &(dyn Fn(i64) -> Result<crate::store::VersionRow, String> + Send + Sync),
     entry: crate::audit::NewAuditEntry,
 ) -> ApiResult<(crate::store::VersionRow, crate::audit::AuditEntry)> {
-    let next = state
+    state
         .store
-        .versions(key_id)
-        .await?
-        .last()
-        .map_or(1, |v| v.version + 1);
-    let mut entry = entry;
-    entry.version = Some(next);
-    let (row, audit) = state.store.rotate_key(key_id, due_at, make, entry).await?;
-    if row.version != next {
-        // Another rotation committed between our read and our transaction; the audit entry was
-        // written with the number we expected, so say so in the log for the operator.
-        tracing::warn!(
-            key_id,
-            expected = next,
-            got = row.version,
-            "concurrent rotation"
-        );
-    }
-    Ok((row, audit))
+        .rotate_key(key_id, due_at, make, entry)
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound if due_at.is_none() => ApiError::KeyState(
+                "invalid_state",
+                "every version of this key is destroyed or scheduled for destruction".into(),
+            ),
+            e => e.into(),
+        })
 }
 
 /// Scheduled rotation of one due key (background worker). `Ok(false)`: not due any more.
@@ -128,10 +120,14 @@ pub(crate) async fn rotate_due(
         context_hash: None,
         detail: Some(json!({ "reason": "rotation_period" }).to_string()),
     };
-    match rotate_audited(state, &key.id, Some(crate::now_ms()), &make, entry).await {
+    match state
+        .store
+        .rotate_key(&key.id, Some(crate::now_ms()), &make, entry)
+        .await
+    {
         Ok(_) => Ok(true),
-        Err(ApiError::NotFound(_)) => Ok(false),
-        Err(e) => Err(e),
+        Err(StoreError::NotFound) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -165,7 +161,7 @@ async fn rewrap_one(
     let mut entry = audit(p, req, "data_key.rewrap", Some(&t.name));
     entry.key = Some(k.name.clone());
     entry.context_hash = Some(hex::encode(context.digest().as_bytes()));
-    let opened = open_wrapped(state, t, k, &blob, &context).await?;
+    let opened = open_wrapped(state, t, k, &blob, &context, Retired::Allow).await?;
     let (from, data_key) = match opened {
         Opened::Key(v, dk) => (v, dk),
         other => {
@@ -231,7 +227,7 @@ pub async fn rewrap_batch(
 #[serde(deny_unknown_fields)]
 pub struct Configure {
     min_decryption_version: Option<i64>,
-    /// `"90d"`, or `null` / `"off"` to stop scheduled rotation.
+    /// `"90d"`, or `"off"` to stop scheduled rotation; absent or `null` keeps the current policy.
     rotation_period: Option<String>,
 }
 

@@ -492,7 +492,9 @@ impl Store for SqlStore {
         let (mut tx, seq, hash) = self.begin_audited().await?;
         let row = sqlx::query(
             "SELECT k.rotation_period_secs, k.next_rotation_at, \
-             (SELECT MAX(version) FROM key_versions v WHERE v.key_id = k.id) AS max_version \
+             (SELECT MAX(version) FROM key_versions v WHERE v.key_id = k.id) AS max_version, \
+             (SELECT COUNT(*) FROM key_versions v WHERE v.key_id = k.id \
+              AND v.state IN ('enabled', 'disabled')) AS live \
              FROM keys k WHERE k.id = $1",
         )
         .bind(key_id)
@@ -503,21 +505,26 @@ impl Store for SqlStore {
         let period: Option<i64> = row.try_get("rotation_period_secs").map_err(db_err)?;
         let next: Option<i64> = row.try_get("next_rotation_at").map_err(db_err)?;
         let max_version: Option<i64> = row.try_get("max_version").map_err(db_err)?;
-        if let Some(now) = due_at
-            && next.is_none_or(|n| n > now)
-        {
+        let live: i64 = row.try_get("live").map_err(db_err)?;
+        // A key being shredded (every version pending destruction or destroyed) never gets a
+        // new version, manual or scheduled.
+        let not_due = due_at.is_some_and(|now| next.is_none_or(|n| n > now));
+        if live == 0 || not_due {
             tx.rollback().await.map_err(db_err)?;
             return Err(StoreError::NotFound);
         }
         let version = make(max_version.unwrap_or(0) + 1).map_err(StoreError::Database)?;
         insert_version(&mut tx, &version).await?;
-        let next_rotation = period.map(|p| version.created_at + p * 1000);
+        let next_rotation =
+            period.and_then(|p| version.created_at.checked_add(p.checked_mul(1000)?));
         sqlx::query("UPDATE keys SET next_rotation_at = $1 WHERE id = $2")
             .bind(next_rotation)
             .bind(key_id)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+        let mut audit = audit;
+        audit.version = Some(version.version);
         let entry = Self::commit_audited(tx, seq, &hash, audit).await?;
         Ok((version, entry))
     }
@@ -568,6 +575,16 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+        if matches!(versions, Versions::All) {
+            // Shredding the whole key: scheduled rotation must not bring it back.
+            sqlx::query(
+                "UPDATE keys SET rotation_period_secs = NULL, next_rotation_at = NULL WHERE id = $1",
+            )
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
         finish_if_changed(tx, done.rows_affected(), seq, &hash, audit).await
     }
 
