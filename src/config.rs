@@ -185,8 +185,11 @@ pub const MAX_DURATION_SECS: i64 = 100 * 365 * 86_400;
 /// Parse a duration like `90d`, `12h`, `30m`, `45s` into seconds (at most 100 years).
 pub fn parse_duration_secs(s: &str) -> Option<i64> {
     let s = s.trim();
-    let split = s.len().checked_sub(1)?;
-    let (n, unit) = s.split_at(split);
+    // The unit is one ASCII letter; anything else (including a multi-byte last character) is
+    // not a duration.
+    let unit = s.chars().last().filter(char::is_ascii)?;
+    let (n, unit) = (&s[..s.len() - 1], unit.to_string());
+    let unit = unit.as_str();
     let n: i64 = n.parse().ok().filter(|n| *n >= 0)?;
     let mult = match unit {
         "s" => 1,

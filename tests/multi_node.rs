@@ -53,6 +53,32 @@ async fn scheduled_rotation_happens_once_across_nodes() {
             assert_eq!(meta["current_version"].as_i64(), Some(1 + round), "{meta}");
             assert!(meta["next_rotation_at"].as_i64().unwrap() > pqkms::now_ms() + 50_000);
         }
+        // A disabled key is never rotated by the schedule (that would silently re-enable it).
+        let (st, _) = s
+            .call(
+                Method::POST,
+                &format!("{key}/disable"),
+                Some(&t.admin),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK);
+        {
+            use sqlx::Connection;
+            let mut conn = sqlx::AnyConnection::connect(&s.database_url())
+                .await
+                .unwrap();
+            sqlx::query("UPDATE keys SET next_rotation_at = $1")
+                .bind(pqkms::now_ms() - 1)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.unwrap();
+        }
+        pqkms::http::lifecycle_tick(&node_b.state).await.unwrap();
+        let (_, meta) = s.call(Method::GET, key, Some(&t.admin), None).await;
+        assert_eq!(meta["versions"].as_array().unwrap().len(), 3, "{meta}");
+        assert!(meta["current_version"].is_null(), "{meta}");
         let (_, a) = s
             .call(
                 Method::GET,

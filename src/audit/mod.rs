@@ -263,11 +263,16 @@ pub async fn verify_chain(
     };
     loop {
         let page = store.audit_entries(&query).await?;
-        for e in &page {
+        // Entries appended after the head was read are not part of this verification.
+        for e in page.iter().take_while(|e| e.seq <= head_seq) {
             verifier.push(e);
         }
         match page.last() {
-            Some(last) if !verifier.failed() && page.len() as i64 == query.limit => {
+            Some(last)
+                if !verifier.failed()
+                    && page.len() as i64 == query.limit
+                    && last.seq < head_seq =>
+            {
                 query.after_seq = last.seq;
             }
             _ => break,

@@ -226,7 +226,14 @@ pub async fn create_token(
     };
     state
         .store
-        .create_token(&row, audit(&p, &req, "token.create", Some(&tenant_name)))
+        .create_token(&row, {
+            let mut entry = audit(&p, &req, "token.create", Some(&tenant_name));
+            entry.detail = Some(
+                json!({ "token_id": id, "roles": role_names, "expires_at": expires_at })
+                    .to_string(),
+            );
+            entry
+        })
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -245,12 +252,11 @@ pub async fn revoke_token(
     let t = tenant(&state, &tenant_name).await?;
     state
         .store
-        .revoke_token(
-            Some(&t.id),
-            &token_id,
-            crate::now_ms(),
-            audit(&p, &req, "token.revoke", Some(&tenant_name)),
-        )
+        .revoke_token(Some(&t.id), &token_id, crate::now_ms(), {
+            let mut entry = audit(&p, &req, "token.revoke", Some(&tenant_name));
+            entry.detail = Some(json!({ "token_id": token_id }).to_string());
+            entry
+        })
         .await
         .map_err(|e| match e {
             crate::store::StoreError::NotFound => ApiError::NotFound("no such active token"),

@@ -505,11 +505,22 @@ pub async fn lifecycle_tick(state: &AppState) -> Result<(), ApiError> {
                     fingerprint = %due.fingerprint, "key version destroyed");
             }
             Err(StoreError::NotFound) => {} // cancelled meanwhile, or another node did it
-            Err(e) => return Err(e.into()),
+            // One failing item must not block the others: log it and go on.
+            Err(e) => {
+                tracing::error!(key_id = %due.key_id, version = due.version, error = %e, "destruction failed; will retry")
+            }
         }
     }
     for (tenant_id_hex, tenant_name, key) in state.store.due_rotations(now).await? {
-        if rotate_due(state, &tenant_id_hex, &tenant_name, &key).await? {
+        let rotated = match rotate_due(state, &tenant_id_hex, &tenant_name, &key).await {
+            Ok(r) => r,
+            Err(e) => {
+                let (status, _) = e.status_and_body();
+                tracing::error!(key_id = %key.id, status = status.as_u16(), "scheduled rotation failed; will retry");
+                false
+            }
+        };
+        if rotated {
             tracing::info!(tenant = %tenant_name, key = %key.name, "scheduled rotation");
         }
     }
@@ -529,6 +540,13 @@ pub async fn reseal_root(
     authorize(&p, Action::ManageRootKey)?;
     let current = i64::from(state.keys.root_version());
     let rows = state.store.sealed_under_other_roots(current).await?;
+    // A node still on an older root key must not move rows back from a newer one.
+    if rows.iter().any(|(_, r)| r.root_version > current) {
+        return Err(ApiError::KeyState(
+            "invalid_state",
+            "some key versions are sealed under a newer root key than this node's; re-seal from a node running the newest root key".into(),
+        ));
+    }
     let mut updates = Vec::with_capacity(rows.len());
     for (tenant_hex, row) in &rows {
         let sealed = state.keys.reseal(tenant_id(tenant_hex)?, row)?;

@@ -114,8 +114,7 @@ impl KeyService {
         }
     }
 
-    /// Generate a key pair version and seal it: the row to store. The private half is kept in
-    /// the cache so the first decrypt does not have to unseal.
+    /// Generate a key pair version and seal it: the row to store.
     pub fn new_version(&self, key_ref: KeyRef) -> Result<VersionRow, KeyError> {
         let private = TenantPrivateKey::generate(key_ref).map_err(KeyError::Crypto)?;
         let sealed = self
@@ -135,7 +134,8 @@ impl KeyService {
             destroy_at: None,
             destroyed_at: None,
         };
-        lock(&self.private).insert((row.key_id.clone(), row.version), Arc::new(private));
+        // Not cached here: the row may never commit (name conflict, concurrent rotation). The
+        // first use unseals it.
         Ok(row)
     }
 
@@ -255,6 +255,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pqkms_envelope::KeyId;
 
     #[test]
     fn cache_is_bounded_and_evicts_oldest_first() {
@@ -278,10 +279,15 @@ mod tests {
             version: 1,
         };
         let row = service.new_version(key_ref).unwrap();
+        assert_eq!(
+            service.cached_private_keys(),
+            0,
+            "uncommitted versions are not cached"
+        );
+        let private = service.private_key(key_ref.tenant, &row).unwrap();
         assert_eq!(service.cached_private_keys(), 1);
         service.clear_cache();
         assert_eq!(service.cached_private_keys(), 0);
-        let private = service.private_key(key_ref.tenant, &row).unwrap();
         assert_eq!(
             private.public_key().fingerprint().to_string(),
             row.fingerprint

@@ -494,7 +494,9 @@ impl Store for SqlStore {
             "SELECT k.rotation_period_secs, k.next_rotation_at, \
              (SELECT MAX(version) FROM key_versions v WHERE v.key_id = k.id) AS max_version, \
              (SELECT COUNT(*) FROM key_versions v WHERE v.key_id = k.id \
-              AND v.state IN ('enabled', 'disabled')) AS live \
+              AND v.state IN ('enabled', 'disabled')) AS live, \
+             (SELECT COUNT(*) FROM key_versions v WHERE v.key_id = k.id \
+              AND v.state = 'enabled') AS enabled \
              FROM keys k WHERE k.id = $1",
         )
         .bind(key_id)
@@ -506,10 +508,13 @@ impl Store for SqlStore {
         let next: Option<i64> = row.try_get("next_rotation_at").map_err(db_err)?;
         let max_version: Option<i64> = row.try_get("max_version").map_err(db_err)?;
         let live: i64 = row.try_get("live").map_err(db_err)?;
+        let enabled: i64 = row.try_get("enabled").map_err(db_err)?;
         // A key being shredded (every version pending destruction or destroyed) never gets a
-        // new version, manual or scheduled.
+        // new version. A disabled key is rotated only by hand (an admin replacing a suspect
+        // key), never by the schedule, which would silently re-enable it.
         let not_due = due_at.is_some_and(|now| next.is_none_or(|n| n > now));
-        if live == 0 || not_due {
+        let scheduled_but_disabled = due_at.is_some() && enabled == 0;
+        if live == 0 || not_due || scheduled_but_disabled {
             tx.rollback().await.map_err(db_err)?;
             return Err(StoreError::NotFound);
         }
@@ -688,7 +693,8 @@ impl Store for SqlStore {
             "SELECT k.id, k.tenant_id, t.name AS tenant_name, k.name, k.created_at, \
              k.min_decryption_version, k.rotation_period_secs, k.next_rotation_at \
              FROM keys k JOIN tenants t ON t.id = k.tenant_id \
-             WHERE k.next_rotation_at IS NOT NULL AND k.next_rotation_at <= $1",
+             WHERE k.next_rotation_at IS NOT NULL AND k.next_rotation_at <= $1 \
+             AND EXISTS (SELECT 1 FROM key_versions v WHERE v.key_id = k.id AND v.state = 'enabled')",
         )
         .bind(now)
         .fetch_all(&self.pool)
