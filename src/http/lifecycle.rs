@@ -171,11 +171,25 @@ async fn rewrap_one(
             return Err(other.into_result().err().unwrap_or(ApiError::Unopenable));
         }
     };
-    let target = current_version(state, k).await?;
-    let public = state.keys.public_key(&target)?;
-    let wrapped = public.wrap_data_key(&data_key, &context).map_err(crypto)?;
-    entry.version = Some(target.version);
+    // The key was opened: whatever happens next is audited too.
+    let rewrapped = async {
+        let target = current_version(state, k).await?;
+        let public = state.keys.public_key(&target)?;
+        let wrapped = public.wrap_data_key(&data_key, &context).map_err(crypto)?;
+        Ok::<_, ApiError>((target, wrapped))
+    }
+    .await;
     entry.detail = Some(json!({ "from_version": from }).to_string());
+    let (target, wrapped) = match rewrapped {
+        Ok(done) => done,
+        Err(e) => {
+            entry.version = Some(from);
+            entry.outcome = "refused".into();
+            state.store.append_audit(entry).await?;
+            return Err(e);
+        }
+    };
+    entry.version = Some(target.version);
     state.store.append_audit(entry).await?;
     Ok(
         json!({ "wrapped_key": B64.encode(wrapped.as_bytes()), "version": target.version, "from_version": from }),
@@ -255,26 +269,25 @@ pub async fn configure(
             "min_decryption_version must be between 1 and the newest version ({newest})"
         )));
     }
-    let (period, next) = match body.rotation_period.as_deref() {
-        None => (k.rotation_period_secs, k.next_rotation_at),
-        Some("off") => (None, None),
+    let rotation = match body.rotation_period.as_deref() {
+        None => None,
+        Some("off") => Some((None, None)),
         Some(text) => {
             let secs = parse_duration_secs(text)
                 .filter(|s| *s >= 60)
                 .ok_or_else(|| {
                     ApiError::BadRequest("rotation_period: like \"90d\", at least 1m".into())
                 })?;
-            (Some(secs), Some(crate::now_ms() + secs * 1000))
+            Some((Some(secs), Some(crate::now_ms() + secs * 1000)))
         }
     };
+    // What the answer reports when the request leaves rotation alone: the row as read.
+    let (period, next) = rotation.unwrap_or((k.rotation_period_secs, k.next_rotation_at));
     let mut entry = audit(&p, &req, "key.configure", Some(&tenant_name));
     entry.key = Some(key_name.clone());
     entry.detail =
         Some(json!({ "min_decryption_version": min, "rotation_period_secs": period }).to_string());
-    state
-        .store
-        .set_policy(&k.id, min, period, next, entry)
-        .await?;
+    state.store.set_policy(&k.id, min, rotation, entry).await?;
     Ok(Json(json!({
         "key": key_name, "min_decryption_version": min,
         "rotation_period_secs": period, "next_rotation_at": next,

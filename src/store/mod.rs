@@ -253,12 +253,14 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<AuditEntry>;
 
     /// Set the retirement floor and the rotation policy of a key.
+    /// `rotation`: `None` leaves the rotation policy as it is in the database (so a concurrent
+    /// scheduled rotation or shred is never overwritten with stale values); `Some((period,
+    /// next))` replaces it.
     async fn set_policy(
         &self,
         key_id: &str,
         min_decryption_version: i64,
-        rotation_period_secs: Option<i64>,
-        next_rotation_at: Option<i64>,
+        rotation: Option<(Option<i64>, Option<i64>)>,
         audit: NewAuditEntry,
     ) -> StoreResult<AuditEntry>;
 

@@ -618,22 +618,29 @@ impl Store for SqlStore {
         &self,
         key_id: &str,
         min_decryption_version: i64,
-        rotation_period_secs: Option<i64>,
-        next_rotation_at: Option<i64>,
+        rotation: Option<(Option<i64>, Option<i64>)>,
         audit: NewAuditEntry,
     ) -> StoreResult<AuditEntry> {
         let (mut tx, seq, hash) = self.begin_audited().await?;
-        let done = sqlx::query(
-            "UPDATE keys SET min_decryption_version = $1, rotation_period_secs = $2, \
-             next_rotation_at = $3 WHERE id = $4",
-        )
-        .bind(min_decryption_version)
-        .bind(rotation_period_secs)
-        .bind(next_rotation_at)
-        .bind(key_id)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        let done = match rotation {
+            None => sqlx::query("UPDATE keys SET min_decryption_version = $1 WHERE id = $2")
+                .bind(min_decryption_version)
+                .bind(key_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?,
+            Some((period, next)) => sqlx::query(
+                "UPDATE keys SET min_decryption_version = $1, rotation_period_secs = $2, \
+                 next_rotation_at = $3 WHERE id = $4",
+            )
+            .bind(min_decryption_version)
+            .bind(period)
+            .bind(next)
+            .bind(key_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?,
+        };
         finish_if_changed(tx, done.rows_affected(), seq, &hash, audit).await
     }
 
