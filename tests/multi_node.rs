@@ -12,6 +12,20 @@ use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_pqkms");
 
+/// Make every key's scheduled rotation due now (instead of waiting a minute).
+async fn make_rotation_due(s: &TestServer) {
+    use sqlx::Connection;
+    let mut conn = sqlx::AnyConnection::connect(&s.database_url())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE keys SET next_rotation_at = $1")
+        .bind(pqkms::now_ms() - 1)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
 /// Scheduled rotation: make the key due, run the worker pass on two nodes at once, and see one
 /// new version and one `scheduler` audit entry.
 #[tokio::test]
@@ -32,18 +46,7 @@ async fn scheduled_rotation_happens_once_across_nodes() {
         let node_b = s.start_node().await;
         for round in 1..=2 {
             // Make it due now (instead of waiting a minute).
-            {
-                use sqlx::Connection;
-                let mut conn = sqlx::AnyConnection::connect(&s.database_url())
-                    .await
-                    .unwrap();
-                sqlx::query("UPDATE keys SET next_rotation_at = $1")
-                    .bind(pqkms::now_ms() - 1)
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-                conn.close().await.unwrap();
-            }
+            make_rotation_due(&s).await;
             let a = pqkms::http::lifecycle_tick(&s.running.as_ref().unwrap().state);
             let b = pqkms::http::lifecycle_tick(&node_b.state);
             let (ra, rb) = tokio::join!(a, b);
@@ -63,18 +66,7 @@ async fn scheduled_rotation_happens_once_across_nodes() {
             )
             .await;
         assert_eq!(st, StatusCode::OK);
-        {
-            use sqlx::Connection;
-            let mut conn = sqlx::AnyConnection::connect(&s.database_url())
-                .await
-                .unwrap();
-            sqlx::query("UPDATE keys SET next_rotation_at = $1")
-                .bind(pqkms::now_ms() - 1)
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            conn.close().await.unwrap();
-        }
+        make_rotation_due(&s).await;
         pqkms::http::lifecycle_tick(&node_b.state).await.unwrap();
         let (_, meta) = s.call(Method::GET, key, Some(&t.admin), None).await;
         assert_eq!(meta["versions"].as_array().unwrap().len(), 3, "{meta}");
