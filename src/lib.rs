@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod bounded;
 pub mod cli;
 pub mod config;
 pub mod http;

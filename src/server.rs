@@ -16,7 +16,7 @@ use crate::auth::new_token;
 use crate::config::Config;
 use crate::http::{AppState, Limits, metrics::Metrics, router};
 use crate::keys::KeyService;
-use crate::store::{SqlStore, Store, TokenRow};
+use crate::store::{Directory, SqlStore, Store, TokenRow};
 
 /// Root key file format: `pqkms-root-key-v1 <version> <64 hex digits>`.
 const ROOT_KEY_HEADER: &str = "pqkms-root-key-v1";
@@ -252,6 +252,7 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     bootstrap(store.as_ref(), &config.data_dir).await?;
 
     let state = AppState {
+        directory: Arc::new(Directory::new(store.clone(), config.key_cache_capacity)),
         store,
         keys: Arc::new(KeyService::new(root, previous, config.key_cache_capacity)),
         metrics: Arc::new(Metrics::default()),

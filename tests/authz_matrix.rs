@@ -13,6 +13,8 @@
 //!   own tenant only; operator, encrypt and decrypt get 403.
 //! - re-wrap (one or a batch): the decrypt role of its own tenant only; operator, tenant-admin and
 //!   encrypt get 403.
+//! - blind-index key: the encrypt and the decrypt role of its own tenant (the same key for both);
+//!   operator and tenant-admin get 403.
 //! - no token, a malformed token, an unknown token, a revoked token, an expired token: 401.
 //! - A tenant-scoped token naming another tenant gets 403 with the same body whether that tenant
 //!   exists ("other") or not ("ghost").
@@ -57,9 +59,10 @@ enum Route {
     CancelDestroy,
     Rewrap,
     RewrapBatch,
+    BlindIndexKey,
 }
 
-const ROUTES: [Route; 19] = [
+const ROUTES: [Route; 20] = [
     Route::CreateTenant,
     Route::CreateToken,
     Route::RevokeToken,
@@ -79,6 +82,7 @@ const ROUTES: [Route; 19] = [
     Route::CancelDestroy,
     Route::Rewrap,
     Route::RewrapBatch,
+    Route::BlindIndexKey,
 ];
 
 impl Route {
@@ -241,11 +245,15 @@ const TABLE: &[(Route, Target, [u16; 4])] = &[
     (Route::RewrapBatch,  Target::Own,         [403,  403,  403, 200]),
     (Route::RewrapBatch,  Target::Other,       [403,  403,  403, 403]),
     (Route::RewrapBatch,  Target::Ghost,       [403,  403,  403, 403]),
+
+    (Route::BlindIndexKey, Target::Own,        [403,  403,  200, 200]),
+    (Route::BlindIndexKey, Target::Other,      [403,  403,  403, 403]),
+    (Route::BlindIndexKey, Target::Ghost,      [403,  403,  403, 403]),
 ];
 
-/// 16 routes naming a tenant (8 of them key lifecycle) × 3 targets, create-tenant and verify (no
+/// 17 routes naming a tenant (8 of them key lifecycle) × 3 targets, create-tenant and verify (no
 /// target), audit read with no filter and with the 3 targets as filter; × 9 callers.
-const MIN_CELLS_PER_BACKEND: usize = (16 * 3 + 1 + 1 + 4) * 9;
+const MIN_CELLS_PER_BACKEND: usize = (17 * 3 + 1 + 1 + 4) * 9;
 
 /// The destruction waiting period the matrix asks for (above the service's 7-day minimum).
 const WAITING_PERIOD: &str = "30d";
@@ -547,6 +555,11 @@ async fn prepare(
             )
         }
         Route::PublicKey => (Method::GET, format!("{key}/public-key"), None),
+        Route::BlindIndexKey => (
+            Method::POST,
+            format!("{key}/blind-index-key"),
+            Some(json!({ "field": "email" })),
+        ),
         Route::ReadAudit => match tenant {
             None => (Method::GET, "/v1/audit".to_owned(), None),
             Some(t) => (
@@ -757,6 +770,31 @@ async fn check_body(
         }
         Route::VerifyAudit if v["ok"] != json!(true) => {
             run.mismatch(format!("audit verify does not report ok: {v}"));
+        }
+        Route::BlindIndexKey => {
+            use base64::Engine;
+            let len = v["key"]
+                .as_str()
+                .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+                .map(|k| k.len());
+            if len != Some(32) || v.as_object().map(|o| o.len()) != Some(1) {
+                run.mismatch(format!("{cell}: expected {{\"key\": 32 bytes}}: {v}"));
+            }
+            // The other role of the tenant gets the same key.
+            let other = if caller == Caller::Encrypt {
+                &fx.a.decrypt
+            } else {
+                &fx.a.encrypt
+            };
+            let (s, w) = server
+                .call(Method::POST, &req.path, Some(other), req.body.clone())
+                .await;
+            run.side_checks += 1;
+            if s != StatusCode::OK || w != *v {
+                run.mismatch(format!(
+                    "{cell}: the other role gets {s} {w}, expected the same key"
+                ));
+            }
         }
         Route::Rotate => {
             if v["version"] != json!(2) || !v["fingerprint"].is_string() {

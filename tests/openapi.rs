@@ -30,6 +30,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/tenants/{tenant}/keys/{key}/data-key"),
     ("post", "/v1/tenants/{tenant}/keys/{key}/decrypt"),
     ("get", "/v1/tenants/{tenant}/keys/{key}/public-key"),
+    ("post", "/v1/tenants/{tenant}/keys/{key}/blind-index-key"),
     ("post", "/v1/tenants/{tenant}/keys/{key}/rotate"),
     ("post", "/v1/tenants/{tenant}/keys/{key}/rewrap"),
     ("post", "/v1/tenants/{tenant}/keys/{key}/rewrap-batch"),
@@ -677,7 +678,7 @@ async fn request_bodies_are_as_documented() {
         );
         check_answer(&doc, &m, &p, s, &v);
     }
-    assert_eq!(seen, 12, "POST routes with a JSON body");
+    assert_eq!(seen, 13, "POST routes with a JSON body");
     server.stop().await;
 }
 
@@ -1404,5 +1405,79 @@ async fn lifecycle_answers_have_the_documented_shape() {
         )
         .await;
     assert_eq!((s, v["ok"].clone()), (StatusCode::OK, json!(true)), "{v}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn blind_index_answers_have_the_documented_shape() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.min_destroy_waiting_secs = 0;
+        c.lifecycle_interval_ms = 3_600_000;
+    })
+    .await;
+    let doc = fetch_doc(&server).await;
+    let acme = server.tenant("acme").await;
+    let op = "/v1/tenants/{tenant}/keys/{key}/blind-index-key";
+    let url = concrete(op, "acme", "");
+    let call = |token: String, body: Value| {
+        let (doc, server, url) = (&doc, &server, &url);
+        async move {
+            let (s, v) = server
+                .call(Method::POST, url, Some(&token), Some(body))
+                .await;
+            check_answer(doc, "post", op, s, &v);
+            (s, v)
+        }
+    };
+    let admin_post = |what: &'static str, body: Value| {
+        let (server, admin) = (&server, &acme.admin);
+        async move {
+            let (s, v) = server
+                .call(
+                    Method::POST,
+                    &format!("/v1/tenants/acme/keys/default/{what}"),
+                    Some(admin),
+                    Some(body),
+                )
+                .await;
+            assert_eq!(s, StatusCode::OK, "{what}: {v}");
+        }
+    };
+    let email = json!({ "field": "email" });
+    let (s, v) = call(acme.encrypt.clone(), email.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = call(acme.decrypt.clone(), json!({ "field": "" })).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let (s, v) = server
+        .call(
+            Method::POST,
+            &concrete(op, "acme", "").replace("default", "nope"),
+            Some(&acme.encrypt),
+            Some(email.clone()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    check_answer(&doc, "post", op, s, &v);
+    admin_post("disable", json!({})).await;
+    let (s, v) = call(acme.decrypt.clone(), email.clone()).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    admin_post("enable", json!({})).await;
+    admin_post("destroy", json!({ "waiting_period": "0s" })).await;
+    pqkms::http::lifecycle_tick(&server.running.as_ref().expect("running").state)
+        .await
+        .expect("lifecycle pass");
+    let (s, v) = call(acme.encrypt.clone(), email).await;
+    assert_eq!(s, StatusCode::GONE, "{v}");
+    let (s, v) = server
+        .call(
+            Method::GET,
+            "/v1/audit?operation=blind_index_key.derive",
+            Some(&acme.admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    check_answer(&doc, "get", "/v1/audit", s, &v);
+    assert_eq!(v["entries"].as_array().map(Vec::len), Some(3), "{v}");
     server.stop().await;
 }

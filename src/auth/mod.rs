@@ -76,6 +76,9 @@ pub enum Action<'a> {
     VerifyAudit,
     /// Re-seal tenant keys under a new root key.
     ManageRootKey,
+    /// Obtain a field's blind-index key (an equality-search key, never a data key): the roles
+    /// that write indexed fields (`encrypt`) and the ones that look them up (`decrypt`).
+    DeriveBlindIndexKey(&'a str),
 }
 
 /// Why a request is refused.
@@ -113,6 +116,9 @@ impl Principal {
             }
             Action::ReadAudit => self.has(Role::Operator) || self.has(Role::TenantAdmin),
             Action::VerifyAudit | Action::ManageRootKey => self.has(Role::Operator),
+            Action::DeriveBlindIndexKey(t) => {
+                (self.has(Role::Encrypt) || self.has(Role::Decrypt)) && self.owns(t)
+            }
         };
         if allowed {
             Ok(())
@@ -185,6 +191,25 @@ mod tests {
         assert!(enc.authorize(Action::GenerateDataKey("a")).is_ok());
         assert!(enc.authorize(Action::GenerateDataKey("b")).is_err());
         assert!(enc.authorize(Action::DecryptDataKey("a")).is_err());
+    }
+
+    #[test]
+    fn blind_index_keys_go_to_encrypt_and_decrypt_of_the_own_tenant_only() {
+        for roles in [
+            &[Role::Encrypt][..],
+            &[Role::Decrypt],
+            &[Role::Encrypt, Role::Decrypt],
+        ] {
+            let t = p(Some("a"), roles);
+            assert!(t.authorize(Action::DeriveBlindIndexKey("a")).is_ok());
+            assert!(t.authorize(Action::DeriveBlindIndexKey("b")).is_err());
+        }
+        for denied in [
+            p(Some("a"), &[Role::TenantAdmin]),
+            p(None, &[Role::Operator]),
+        ] {
+            assert!(denied.authorize(Action::DeriveBlindIndexKey("a")).is_err());
+        }
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub enum ApiError {
     Internal(String),
     /// 503: the database is unreachable.
     Unavailable(String),
+    /// A key use raced a state change on another node (its guard failed); the handler runs again
+    /// on fresh rows, so this answers (503, retry) only if that happens twice in a row.
+    Stale,
 }
 
 impl From<StoreError> for ApiError {
@@ -42,6 +45,7 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict => ApiError::Conflict("already exists"),
             StoreError::NotFound => ApiError::NotFound("not found"),
             StoreError::Database(cause) => ApiError::Internal(cause),
+            StoreError::Stale => ApiError::Stale,
         }
     }
 }
@@ -106,6 +110,11 @@ impl ApiError {
                     "service temporarily unavailable".into(),
                 )
             }
+            ApiError::Stale => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "retry",
+                "the key or token changed during the request; retry".into(),
+            ),
         };
         (
             status,

@@ -20,7 +20,7 @@ use super::{ApiError, ApiJson, ApiPath as Path, AppState, Auth, RequestId};
 use crate::auth::Action;
 use crate::config::parse_duration_secs;
 use crate::keys::{key_id, tenant_id};
-use crate::store::{StoreError, Versions};
+use crate::store::{Read, StoreError, Versions};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -47,12 +47,13 @@ pub async fn rotate(
     Path((tenant_name, key_name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     authorize(&p, Action::ManageKeys(&tenant_name))?;
-    let t = tenant(&state, &tenant_name).await?;
-    let k = key(&state, &t, &key_name).await?;
+    let t = tenant(&state, &tenant_name, Read::Fresh).await?;
+    let k = key(&state, &t, &key_name, Read::Fresh).await?;
     let make = version_maker(state.keys.clone(), tenant_id(&t.id)?, key_id(&k.id)?);
     let mut entry = audit(&p, &req, "key.rotate", Some(&tenant_name));
     entry.key = Some(key_name);
     let (v, _) = rotate_audited(&state, &k.id, None, &make, entry).await?;
+    state.directory.forget_key(&k.id);
     Ok(Json(json!({ "version": v.version, "fingerprint": v.fingerprint })).into_response())
 }
 
@@ -125,7 +126,10 @@ pub(crate) async fn rotate_due(
         .rotate_key(&key.id, Some(crate::now_ms()), &make, entry)
         .await
     {
-        Ok(_) => Ok(true),
+        Ok(_) => {
+            state.directory.forget_key(&key.id);
+            Ok(true)
+        }
         Err(StoreError::NotFound) => Ok(false),
         Err(e) => Err(e.into()),
     }
@@ -161,7 +165,8 @@ async fn rewrap_one(
     let mut entry = audit(p, req, "data_key.rewrap", Some(&t.name));
     entry.key = Some(k.name.clone());
     entry.context_hash = Some(hex::encode(context.digest().as_bytes()));
-    let opened = open_wrapped(state, t, k, &blob, &context, Retired::Allow).await?;
+    let versions = state.directory.versions(&k.id, Read::Fresh).await?;
+    let opened = open_wrapped(state, t, k, &versions, &blob, &context, Retired::Allow).await?;
     let (from, data_key) = match opened {
         Opened::Key(v, dk) => (v, dk),
         other => {
@@ -173,10 +178,10 @@ async fn rewrap_one(
     };
     // The key was opened: whatever happens next is audited too.
     let rewrapped = async {
-        let target = current_version(state, k).await?;
-        let public = state.keys.public_key(&target)?;
+        let target = current_version(k, &versions)?;
+        let public = state.keys.public_key(target)?;
         let wrapped = public.wrap_data_key(&data_key, &context).map_err(crypto)?;
-        Ok::<_, ApiError>((target, wrapped))
+        Ok::<_, ApiError>((target.version, wrapped))
     }
     .await;
     entry.detail = Some(json!({ "from_version": from }).to_string());
@@ -189,10 +194,10 @@ async fn rewrap_one(
             return Err(e);
         }
     };
-    entry.version = Some(target.version);
+    entry.version = Some(target);
     state.store.append_audit(entry).await?;
     Ok(
-        json!({ "wrapped_key": B64.encode(wrapped.as_bytes()), "version": target.version, "from_version": from }),
+        json!({ "wrapped_key": B64.encode(wrapped.as_bytes()), "version": target, "from_version": from }),
     )
 }
 
@@ -204,8 +209,8 @@ pub async fn rewrap(
     ApiJson(body): ApiJson<RewrapOne>,
 ) -> ApiResult<Response> {
     authorize(&p, Action::RewrapDataKey(&tenant_name))?;
-    let t = tenant(&state, &tenant_name).await?;
-    let k = key(&state, &t, &key_name).await?;
+    let t = tenant(&state, &tenant_name, Read::Fresh).await?;
+    let k = key(&state, &t, &key_name, Read::Fresh).await?;
     Ok(Json(rewrap_one(&state, &p, &req, &t, &k, body).await?).into_response())
 }
 
@@ -224,8 +229,8 @@ pub async fn rewrap_batch(
             "at most {MAX_BATCH} items per batch"
         )));
     }
-    let t = tenant(&state, &tenant_name).await?;
-    let k = key(&state, &t, &key_name).await?;
+    let t = tenant(&state, &tenant_name, Read::Fresh).await?;
+    let k = key(&state, &t, &key_name, Read::Fresh).await?;
     let mut results = Vec::with_capacity(body.items.len());
     for item in body.items {
         results.push(match rewrap_one(&state, &p, &req, &t, &k, item).await {
@@ -253,8 +258,8 @@ pub async fn configure(
     ApiJson(body): ApiJson<Configure>,
 ) -> ApiResult<Response> {
     authorize(&p, Action::ManageKeys(&tenant_name))?;
-    let t = tenant(&state, &tenant_name).await?;
-    let k = key(&state, &t, &key_name).await?;
+    let t = tenant(&state, &tenant_name, Read::Fresh).await?;
+    let k = key(&state, &t, &key_name, Read::Fresh).await?;
     let newest = state
         .store
         .versions(&k.id)
@@ -288,6 +293,7 @@ pub async fn configure(
     entry.detail =
         Some(json!({ "min_decryption_version": min, "rotation_period_secs": period }).to_string());
     state.store.set_policy(&k.id, min, rotation, entry).await?;
+    state.directory.forget_key(&k.id);
     Ok(Json(json!({
         "key": key_name, "min_decryption_version": min,
         "rotation_period_secs": period, "next_rotation_at": next,
@@ -311,8 +317,12 @@ async fn change_state(
     (from, to, op): (&'static str, &'static str, &'static str),
 ) -> ApiResult<Response> {
     authorize(&p, Action::ManageKeys(&tenant_name))?;
-    let t = tenant(&state, &tenant_name).await?;
-    let k = key(&state, &t, &key_name).await?;
+    let t = tenant(&state, &tenant_name, Read::Fresh).await?;
+    let k = key(&state, &t, &key_name, Read::Fresh).await?;
+    if to == "disabled" {
+        // The blind-index secret moves off a version being disabled (see blind_index.rs).
+        super::blind_index::keep_from_version(&state, &t, &k, version).await?;
+    }
     let mut entry = audit(&p, &req, op, Some(&tenant_name));
     entry.key = Some(key_name.clone());
     entry.version = version;
@@ -323,6 +333,7 @@ async fn change_state(
         .map_err(not_in_state(
             "no version of this key is in a state this applies to",
         ))?;
+    state.directory.forget_key(&k.id);
     if to != "enabled" {
         evict(&state, &k.id, version).await?;
     }
@@ -407,8 +418,10 @@ pub async fn destroy(
             state.min_destroy_waiting_secs
         )));
     }
-    let t = tenant(&state, &tenant_name).await?;
-    let k = key(&state, &t, &key_name).await?;
+    let t = tenant(&state, &tenant_name, Read::Fresh).await?;
+    let k = key(&state, &t, &key_name, Read::Fresh).await?;
+    // The blind-index secret moves off a version being destroyed alone (see blind_index.rs).
+    super::blind_index::keep_from_version(&state, &t, &k, body.version).await?;
     let destroy_at = crate::now_ms() + wait * 1000;
     let mut entry = audit(&p, &req, "key.destroy.schedule", Some(&tenant_name));
     entry.key = Some(key_name.clone());
@@ -426,6 +439,7 @@ pub async fn destroy(
         )
         .await
         .map_err(not_in_state("no enabled or disabled version to schedule"))?;
+    state.directory.forget_key(&k.id);
     evict(&state, &k.id, body.version).await?;
     Ok(
         Json(json!({ "key": key_name, "version": body.version, "destroy_at": destroy_at }))
@@ -441,8 +455,8 @@ pub async fn cancel_destroy(
     ApiJson(body): ApiJson<VersionSelector>,
 ) -> ApiResult<Response> {
     authorize(&p, Action::ManageKeys(&tenant_name))?;
-    let t = tenant(&state, &tenant_name).await?;
-    let k = key(&state, &t, &key_name).await?;
+    let t = tenant(&state, &tenant_name, Read::Fresh).await?;
+    let k = key(&state, &t, &key_name, Read::Fresh).await?;
     let mut entry = audit(&p, &req, "key.destroy.cancel", Some(&tenant_name));
     entry.key = Some(key_name.clone());
     entry.version = body.version;
@@ -453,6 +467,7 @@ pub async fn cancel_destroy(
         .map_err(not_in_state(
             "nothing scheduled for destruction (or already destroyed)",
         ))?;
+    state.directory.forget_key(&k.id);
     Ok(
         Json(json!({ "key": key_name, "version": body.version, "cancelled": true }))
             .into_response(),
@@ -514,6 +529,7 @@ pub async fn lifecycle_tick(state: &AppState) -> Result<(), ApiError> {
         {
             Ok(_) => {
                 state.keys.evict(&due.key_id, due.version);
+                state.directory.forget_key(&due.key_id);
                 tracing::info!(tenant = %due.tenant, key = %due.key_name, version = due.version,
                     fingerprint = %due.fingerprint, "key version destroyed");
             }
@@ -539,6 +555,7 @@ pub async fn lifecycle_tick(state: &AppState) -> Result<(), ApiError> {
     }
     for (key_id, version) in state.store.unusable_versions().await? {
         state.keys.evict(&key_id, version);
+        state.directory.forget_if_enabled(&key_id, version);
     }
     Ok(())
 }
@@ -567,6 +584,8 @@ pub async fn reseal_root(
     }
     let entry = audit(&p, &req, "root_key.reseal", None);
     let resealed = state.store.reseal(&updates, current, entry).await?;
+    // Cached version rows hold the blobs sealed under the old root key.
+    state.directory.clear();
     let remaining = state.store.sealed_under_other_roots(current).await?.len();
     Ok(
         Json(json!({ "root_version": current, "resealed": resealed, "remaining": remaining }))

@@ -1,5 +1,6 @@
 //! The HTTP API (v1): router, request plumbing, and the handlers in [`handlers`].
 
+mod blind_index;
 mod error;
 mod handlers;
 mod lifecycle;
@@ -23,7 +24,7 @@ pub(crate) use lifecycle::worker as lifecycle_worker;
 
 use crate::auth::{Principal, token_hash};
 use crate::keys::KeyService;
-use crate::store::Store;
+use crate::store::{Directory, Read, Store};
 
 /// Shared by every handler.
 #[derive(Clone)]
@@ -32,6 +33,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Key creation and the unsealed-key cache.
     pub keys: Arc<KeyService>,
+    /// Cached store rows for the key-use hot path (re-checked at each use's audit commit).
+    pub directory: Arc<Directory>,
     /// Counters for `/metrics`.
     pub metrics: Arc<metrics::Metrics>,
     /// Shortest destruction waiting period a request may ask for, seconds.
@@ -112,6 +115,10 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .route("/metrics", get(handlers::metrics))
+        .route(
+            "/v1/tenants/{tenant}/keys/{key}/blind-index-key",
+            post(blind_index::blind_index_key),
+        )
         .fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::no_method);
     api.layer(DefaultBodyLimit::max(limits.max_body_bytes))
@@ -231,33 +238,75 @@ where
     }
 }
 
-/// The authenticated caller. Missing, unknown, expired and revoked tokens are all 401.
+/// The authenticated caller of an admin route, read fresh from the database. Missing, unknown,
+/// expired and revoked tokens are all 401.
 pub struct Auth(pub Principal);
 
 impl FromRequestParts<AppState> for Auth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(ApiError::Unauthorized)?;
-        // The scheme name is case-insensitive (RFC 9110 §11.1).
-        let token = header
-            .split_once(' ')
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, t)| t.trim())
-            .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthorized)?;
-        let row = state
-            .store
-            .token_by_hash(&token_hash(token))
-            .await
-            .map_err(ApiError::from)?
-            .ok_or(ApiError::Unauthorized)?;
-        Principal::from_token(row, crate::now_ms())
-            .map(Auth)
-            .ok_or(ApiError::Unauthorized)
+        let hash = bearer_hash(parts)?;
+        authenticate(state, &hash, Read::Fresh).await.map(Auth)
     }
+}
+
+/// The caller of a key-use route: authenticated from the token cache (the use's audit commit
+/// checks the token is still live; see [`crate::store::Directory`]). [`Caller::principal`] with
+/// [`Read::Fresh`] authenticates again from the database, for the retry after a stale guard.
+pub struct Caller {
+    token_hash: String,
+    principal: Principal,
+}
+
+impl Caller {
+    /// The principal, as read at extraction (`Cached`) or from the database now (`Fresh`).
+    pub async fn principal(&self, state: &AppState, read: Read) -> Result<Principal, ApiError> {
+        match read {
+            Read::Cached => Ok(self.principal.clone()),
+            Read::Fresh => authenticate(state, &self.token_hash, Read::Fresh).await,
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token_hash = bearer_hash(parts)?;
+        let principal = authenticate(state, &token_hash, Read::Cached).await?;
+        Ok(Caller {
+            token_hash,
+            principal,
+        })
+    }
+}
+
+/// The SHA-256 of the bearer token in the `Authorization` header (the token itself goes no
+/// further than this function).
+fn bearer_hash(parts: &Parts) -> Result<String, ApiError> {
+    let header = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(ApiError::Unauthorized)?;
+    // The scheme name is case-insensitive (RFC 9110 §11.1).
+    let token = header
+        .split_once(' ')
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim())
+        .filter(|t| !t.is_empty())
+        .ok_or(ApiError::Unauthorized)?;
+    Ok(token_hash(token))
+}
+
+/// The live principal of a token hash; expiry is checked against the clock on every call.
+async fn authenticate(state: &AppState, hash: &str, read: Read) -> Result<Principal, ApiError> {
+    let row = state
+        .directory
+        .token(hash, read)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or(ApiError::Unauthorized)?;
+    Principal::from_token((*row).clone(), crate::now_ms()).ok_or(ApiError::Unauthorized)
 }

@@ -2,13 +2,13 @@
 //! key before they reach the store) and a bounded in-memory cache of unsealed private keys and
 //! parsed public keys.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use pqkms_envelope::{
     KeyId, KeyRef, RootKey, SealedTenantKey, TenantId, TenantPrivateKey, TenantPublicKey,
 };
 
+use crate::bounded::{Bounded, lock};
 use crate::store::VersionRow;
 
 /// Why a key operation failed inside the service.
@@ -41,61 +41,14 @@ pub fn key_id(hex: &str) -> Result<KeyId, KeyError> {
     KeyId::from_hex(hex).ok_or_else(|| KeyError::Corrupt("key id".into()))
 }
 
-/// A bounded map with first-in-first-out eviction (O(1) per insert). Dropping the last `Arc` of a
-/// private key zeroizes it.
-struct Bounded<V> {
-    capacity: usize,
-    order: VecDeque<(String, i64)>,
-    entries: HashMap<(String, i64), Arc<V>>,
-}
-
-impl<V> Bounded<V> {
-    fn new(capacity: usize) -> Self {
-        Bounded {
-            capacity: capacity.max(1),
-            order: VecDeque::new(),
-            entries: HashMap::new(),
-        }
-    }
-
-    fn get(&self, k: &(String, i64)) -> Option<Arc<V>> {
-        self.entries.get(k).cloned()
-    }
-
-    fn insert(&mut self, k: (String, i64), v: Arc<V>) {
-        if self.entries.insert(k.clone(), v).is_some() {
-            return;
-        }
-        self.order.push_back(k);
-        while self.entries.len() > self.capacity {
-            match self.order.pop_front() {
-                Some(oldest) => {
-                    self.entries.remove(&oldest);
-                }
-                None => break,
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    fn remove(&mut self, k: &(String, i64)) {
-        if self.entries.remove(k).is_some() {
-            self.order.retain(|o| o != k);
-        }
-    }
-}
-
 /// Creates and opens tenant keys.
 pub struct KeyService {
     /// Seals new versions; also unseals what it sealed.
     root: RootKey,
     /// Older root keys, kept only to unseal (and re-seal) rows during a root-key rotation.
     previous: Vec<RootKey>,
-    private: Mutex<Bounded<TenantPrivateKey>>,
-    public: Mutex<Bounded<TenantPublicKey>>,
+    private: Mutex<Bounded<(String, i64), TenantPrivateKey>>,
+    public: Mutex<Bounded<(String, i64), TenantPublicKey>>,
 }
 
 fn now_ms() -> i64 {
@@ -227,9 +180,7 @@ impl KeyService {
 
     /// Drop every cached private key (they zeroize as the last reference goes).
     pub fn clear_cache(&self) {
-        let mut cache = lock(&self.private);
-        let capacity = cache.capacity;
-        *cache = Bounded::new(capacity);
+        lock(&self.private).clear();
     }
 
     /// Forget one version (disabled, destroyed): its unsealed key is zeroized as the last
@@ -246,29 +197,10 @@ impl KeyService {
     }
 }
 
-/// A poisoned cache lock only means another request panicked mid-insert; the map is still
-/// consistent (inserts are single operations), so keep serving.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use pqkms_envelope::KeyId;
-
-    #[test]
-    fn cache_is_bounded_and_evicts_oldest_first() {
-        let mut b: Bounded<u32> = Bounded::new(2);
-        b.insert(("a".into(), 1), Arc::new(1));
-        b.insert(("b".into(), 1), Arc::new(2));
-        b.insert(("a".into(), 1), Arc::new(3));
-        assert_eq!(b.len(), 2);
-        b.insert(("c".into(), 1), Arc::new(4));
-        assert_eq!(b.len(), 2);
-        assert!(b.get(&("a".into(), 1)).is_none());
-        assert_eq!(b.get(&("c".into(), 1)).as_deref(), Some(&4));
-    }
 
     #[test]
     fn new_versions_are_cached_and_unseal_after_a_cache_clear() {

@@ -6,16 +6,18 @@
 //! Every state change runs in one transaction together with its audit entry, so a change without
 //! its audit record (or the reverse) cannot be committed.
 
+mod directory;
 mod sql;
 
 use async_trait::async_trait;
 
+pub use directory::{Directory, Read, guard};
 pub use sql::{Backend, SqlStore};
 
 use crate::audit::{AuditEntry, AuditQuery, NewAuditEntry};
 
 /// Why a store call failed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum StoreError {
     /// A uniqueness constraint: the name or id is taken.
     Conflict,
@@ -23,6 +25,9 @@ pub enum StoreError {
     NotFound,
     /// The database failed (unreachable, I/O, corrupt). The cause is for the log only.
     Database(String),
+    /// A key use's [`UseGuard`] no longer holds: the token or key changed since it was read.
+    /// Nothing was written; run the request again on fresh rows.
+    Stale,
 }
 
 impl std::fmt::Display for StoreError {
@@ -31,6 +36,7 @@ impl std::fmt::Display for StoreError {
             StoreError::Conflict => f.write_str("conflict"),
             StoreError::NotFound => f.write_str("not found"),
             StoreError::Database(cause) => write!(f, "database error: {cause}"),
+            StoreError::Stale => f.write_str("token or key state changed during the request"),
         }
     }
 }
@@ -146,6 +152,20 @@ pub struct TokenRow {
     pub revoked_at: Option<i64>,
 }
 
+/// The state a key use was decided on, checked again inside the transaction that commits its
+/// audit entry (see [`Directory`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UseGuard {
+    /// The caller's token id: must still exist and not be revoked.
+    pub token_id: String,
+    /// The key used.
+    pub key_id: String,
+    /// Its retirement floor as read.
+    pub min_decryption_version: i64,
+    /// (version, state) of every version as read, oldest first.
+    pub versions: Vec<(i64, String)>,
+}
+
 /// The persistence the service needs. Methods that change state take the audit entry that
 /// records the change and commit both or neither.
 #[async_trait]
@@ -186,8 +206,17 @@ pub trait Store: Send + Sync {
         audit: NewAuditEntry,
     ) -> StoreResult<AuditEntry>;
 
-    /// Append an audit entry on its own (key uses, refusals).
+    /// Append an audit entry on its own (refusals, reads). Durable when this returns.
     async fn append_audit(&self, audit: NewAuditEntry) -> StoreResult<AuditEntry>;
+
+    /// Append the audit entry of a key use decided on cached rows: it is written only if `guard`
+    /// still holds in the committing transaction, else `Stale` and nothing is written. Durable
+    /// when this returns.
+    async fn append_key_use(
+        &self,
+        audit: NewAuditEntry,
+        guard: UseGuard,
+    ) -> StoreResult<AuditEntry>;
 
     /// Look a tenant up by name.
     async fn tenant_by_name(&self, name: &str) -> StoreResult<Option<TenantRow>>;
@@ -303,4 +332,35 @@ pub trait Store: Send + Sync {
 
     /// Close the connection pool cleanly.
     async fn close(&self);
+
+    /// The blind-index secret of a key, if it has one yet.
+    async fn blind_index_secret(&self, key_id: &str) -> StoreResult<Option<BlindIndexSecretRow>>;
+
+    /// Store a key's blind-index secret unless it already has one: the first writer wins, and
+    /// every caller re-reads what was stored (so concurrent first requests agree).
+    async fn insert_blind_index_secret(&self, row: &BlindIndexSecretRow) -> StoreResult<()>;
+
+    /// Re-wrap a key's blind-index secret to another version, only if it is still wrapped to
+    /// `from_version` (compare-and-swap). `Ok(false)`: it changed meanwhile, nothing written.
+    async fn move_blind_index_secret(
+        &self,
+        key_id: &str,
+        from_version: i64,
+        to_version: i64,
+        wrapped: &[u8],
+    ) -> StoreResult<bool>;
+}
+
+/// A key's blind-index secret: 32 random bytes, stored only wrapped (a `PQWK` blob) to one
+/// version of that key, under the context `{"pqkms:purpose": "blind-index"}`.
+#[derive(Debug, Clone)]
+pub struct BlindIndexSecretRow {
+    /// Key id.
+    pub key_id: String,
+    /// The version the secret is wrapped to.
+    pub version: i64,
+    /// The wrapped secret.
+    pub wrapped: Vec<u8>,
+    /// Unix milliseconds.
+    pub created_at: i64,
 }

@@ -3,10 +3,11 @@
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    DueDestruction, KeyRow, Store, StoreError, StoreResult, TenantRow, TokenRow, VersionRow,
-    Versions,
+    DueDestruction, KeyRow, Store, StoreError, StoreResult, TenantRow, TokenRow, UseGuard,
+    VersionRow, Versions,
 };
 use crate::audit::{AuditEntry, AuditQuery, NewAuditEntry};
 
@@ -36,6 +37,19 @@ impl Backend {
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
+    /// Key-use audit entries go to the group-commit writer ([`group_commit`]).
+    appender: mpsc::Sender<PendingAppend>,
+}
+
+/// Most entries one group commit writes (13 bound parameters each: well under SQLite's and
+/// PostgreSQL's limits).
+const MAX_GROUP: usize = 256;
+
+/// One request's audit entry waiting for the group commit, and where to say it is durable.
+struct PendingAppend {
+    entry: NewAuditEntry,
+    guard: Option<UseGuard>,
+    done: oneshot::Sender<StoreResult<AuditEntry>>,
 }
 
 fn db_err(e: sqlx::Error) -> StoreError {
@@ -77,7 +91,13 @@ impl SqlStore {
             .run(&pool)
             .await
             .map_err(|e| StoreError::Database(e.to_string()))?;
-        Ok(SqlStore { pool, backend })
+        let (appender, queue) = mpsc::channel(4 * MAX_GROUP);
+        tokio::spawn(group_commit(pool.clone(), queue));
+        Ok(SqlStore {
+            pool,
+            backend,
+            appender,
+        })
     }
 
     /// Which backend this is.
@@ -85,62 +105,253 @@ impl SqlStore {
         self.backend
     }
 
-    /// Start a transaction that will append one audit entry. The first statement takes the
-    /// audit-head lock, so concurrent appenders queue here instead of forking the chain (and a
-    /// SQLite transaction never has to upgrade from a read lock).
+    /// Queue an entry for the group commit and wait until it is durable (or refused).
+    async fn group_append(
+        &self,
+        entry: NewAuditEntry,
+        guard: Option<UseGuard>,
+    ) -> StoreResult<AuditEntry> {
+        let stopped = || StoreError::Database("audit writer stopped".into());
+        let (done, durable) = oneshot::channel();
+        self.appender
+            .send(PendingAppend { entry, guard, done })
+            .await
+            .map_err(|_| stopped())?;
+        durable.await.map_err(|_| stopped())?
+    }
+
+    /// Start a transaction that will append audit entries; see [`begin_audited`].
     async fn begin_audited(&self) -> StoreResult<(Transaction<'static, Any>, i64, String)> {
-        let mut tx = self.pool.begin().await.map_err(db_err)?;
-        sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1")
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let row = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        let seq: i64 = row.try_get("seq").map_err(db_err)?;
-        let hash: String = row.try_get("hash").map_err(db_err)?;
-        Ok((tx, seq, hash))
+        begin_audited(&self.pool).await
     }
 
     /// Append the entry, move the head, commit.
     async fn commit_audited(
-        mut tx: Transaction<'static, Any>,
+        tx: Transaction<'static, Any>,
         prev_seq: i64,
         prev_hash: &str,
         audit: NewAuditEntry,
     ) -> StoreResult<AuditEntry> {
-        let e = audit.chain(prev_seq, prev_hash);
-        sqlx::query(
-            "INSERT INTO audit_log (seq, time_ms, principal, tenant, key_name, key_version, \
-             operation, outcome, request_id, context_hash, detail, prev_hash, hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-        )
-        .bind(e.seq)
-        .bind(e.time_ms)
-        .bind(&e.principal)
-        .bind(&e.tenant)
-        .bind(&e.key)
-        .bind(e.version)
-        .bind(&e.operation)
-        .bind(&e.outcome)
-        .bind(&e.request_id)
-        .bind(&e.context_hash)
-        .bind(&e.detail)
-        .bind(&e.prev_hash)
-        .bind(&e.hash)
+        let mut entries = commit_audited(tx, prev_seq, prev_hash, vec![audit]).await?;
+        entries
+            .pop()
+            .ok_or_else(|| StoreError::Database("audit append wrote nothing".into()))
+    }
+}
+
+/// Start a transaction that will append audit entries. The first statement takes the audit-head
+/// lock, so concurrent appenders (other requests' transactions, other nodes) queue here instead
+/// of forking the chain, and a SQLite transaction never has to upgrade from a read lock.
+async fn begin_audited(pool: &AnyPool) -> StoreResult<(Transaction<'static, Any>, i64, String)> {
+    let mut tx = pool.begin().await.map_err(db_err)?;
+    // A no-op update that returns the head: takes the row's write lock and reads it in one trip.
+    let row = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    let seq: i64 = row.try_get("seq").map_err(db_err)?;
+    let hash: String = row.try_get("hash").map_err(db_err)?;
+    Ok((tx, seq, hash))
+}
+
+/// Chain `entries` after (`prev_seq`, `prev_hash`), insert them with one statement, move the head
+/// and commit: one transaction (one fsync) for the whole group.
+async fn commit_audited(
+    mut tx: Transaction<'static, Any>,
+    prev_seq: i64,
+    prev_hash: &str,
+    entries: Vec<NewAuditEntry>,
+) -> StoreResult<Vec<AuditEntry>> {
+    let mut chained = Vec::with_capacity(entries.len());
+    let (mut seq, mut hash) = (prev_seq, prev_hash.to_owned());
+    for entry in entries {
+        let e = entry.chain(seq, &hash);
+        seq = e.seq;
+        hash.clone_from(&e.hash);
+        chained.push(e);
+    }
+    if chained.is_empty() {
+        tx.rollback().await.map_err(db_err)?;
+        return Ok(chained);
+    }
+    let mut sql = String::from(
+        "INSERT INTO audit_log (seq, time_ms, principal, tenant, key_name, key_version, \
+         operation, outcome, request_id, context_hash, detail, prev_hash, hash) VALUES ",
+    );
+    let rows: Vec<String> = (0..chained.len())
+        .map(|i| format!("({})", placeholders(i * 13 + 1, 13)))
+        .collect();
+    sql.push_str(&rows.join(", "));
+    // Only placeholders are generated here; every value is bound.
+    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for e in &chained {
+        insert = insert
+            .bind(e.seq)
+            .bind(e.time_ms)
+            .bind(&e.principal)
+            .bind(&e.tenant)
+            .bind(&e.key)
+            .bind(e.version)
+            .bind(&e.operation)
+            .bind(&e.outcome)
+            .bind(&e.request_id)
+            .bind(&e.context_hash)
+            .bind(&e.detail)
+            .bind(&e.prev_hash)
+            .bind(&e.hash);
+    }
+    insert.execute(&mut *tx).await.map_err(db_err)?;
+    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+        .bind(seq)
+        .bind(&hash)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
-            .bind(e.seq)
-            .bind(&e.hash)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
-        Ok(e)
+    tx.commit().await.map_err(db_err)?;
+    Ok(chained)
+}
+
+/// The group-commit writer: one per store. Requests that use a key queue their audit entries
+/// here; the writer takes everything queued (up to [`MAX_GROUP`]), checks the entries' guards and
+/// appends them in one transaction, and only then tells each request its entry is durable — so a
+/// key still never leaves before its entry is committed, but a burst of requests shares one fsync
+/// instead of queueing for one each. A failed commit fails every request of the group (fail
+/// closed); a failed guard fails only its own request, with nothing written for it.
+async fn group_commit(pool: AnyPool, mut queue: mpsc::Receiver<PendingAppend>) {
+    let mut group: Vec<PendingAppend> = Vec::with_capacity(MAX_GROUP);
+    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        let batch: Vec<PendingAppend> = std::mem::take(&mut group);
+        if let Err(e) = commit_group(&pool, batch).await {
+            tracing::error!(error = %e, "audit group commit failed");
+        }
     }
+}
+
+/// Check guards, write the entries that pass, answer every waiter.
+async fn commit_group(pool: &AnyPool, batch: Vec<PendingAppend>) -> StoreResult<()> {
+    let fail_all = |batch: Vec<PendingAppend>, e: &StoreError| {
+        for p in batch {
+            let _ = p.done.send(Err(e.clone()));
+        }
+    };
+    let (mut tx, seq, hash) = match begin_audited(pool).await {
+        Ok(t) => t,
+        Err(e) => {
+            fail_all(batch, &e);
+            return Err(e);
+        }
+    };
+    let holds = match guards_holding(&mut tx, &batch).await {
+        Ok(h) => h,
+        Err(e) => {
+            fail_all(batch, &e);
+            return Err(e);
+        }
+    };
+    let mut entries = Vec::with_capacity(batch.len());
+    let mut waiters = Vec::with_capacity(batch.len());
+    for (p, ok) in batch.into_iter().zip(holds) {
+        if ok {
+            entries.push(p.entry);
+            waiters.push(p.done);
+        } else {
+            let _ = p.done.send(Err(StoreError::Stale));
+        }
+    }
+    match commit_audited(tx, seq, &hash, entries).await {
+        Ok(written) => {
+            for (waiter, entry) in waiters.into_iter().zip(written) {
+                // The request may have gone (client hung up): its entry is written anyway.
+                let _ = waiter.send(Ok(entry));
+            }
+            Ok(())
+        }
+        Err(e) => {
+            for waiter in waiters {
+                let _ = waiter.send(Err(e.clone()));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// For each pending entry: does its guard (if any) still hold? Two queries for the whole group,
+/// run inside the audit transaction, after the head lock — so a revocation or key change commits
+/// either wholly before this check (and is seen) or after these entries (which then came first).
+async fn guards_holding(
+    tx: &mut Transaction<'static, Any>,
+    batch: &[PendingAppend],
+) -> StoreResult<Vec<bool>> {
+    let guards: Vec<&UseGuard> = batch.iter().filter_map(|p| p.guard.as_ref()).collect();
+    if guards.is_empty() {
+        return Ok(vec![true; batch.len()]);
+    }
+    let mut token_ids: Vec<&str> = guards.iter().map(|g| g.token_id.as_str()).collect();
+    let mut key_ids: Vec<&str> = guards.iter().map(|g| g.key_id.as_str()).collect();
+    token_ids.sort_unstable();
+    token_ids.dedup();
+    key_ids.sort_unstable();
+    key_ids.dedup();
+
+    let sql = format!(
+        "SELECT id FROM tokens WHERE revoked_at IS NULL AND id IN ({})",
+        placeholders(1, token_ids.len())
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in &token_ids {
+        q = q.bind(*id);
+    }
+    let live: std::collections::HashSet<String> = q
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(|r| r.try_get::<String, _>("id"))
+        .collect::<Result<_, _>>()
+        .map_err(db_err)?;
+
+    let sql = format!(
+        "SELECT k.id, k.min_decryption_version, v.version, v.state FROM keys k \
+         JOIN key_versions v ON v.key_id = k.id WHERE k.id IN ({}) ORDER BY k.id, v.version",
+        placeholders(1, key_ids.len())
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for id in &key_ids {
+        q = q.bind(*id);
+    }
+    let mut state: std::collections::HashMap<String, (i64, Vec<(i64, String)>)> =
+        std::collections::HashMap::new();
+    for r in q.fetch_all(&mut **tx).await.map_err(db_err)? {
+        let id: String = r.try_get("id").map_err(db_err)?;
+        let floor: i64 = r.try_get("min_decryption_version").map_err(db_err)?;
+        let version: i64 = r.try_get("version").map_err(db_err)?;
+        let st: String = r.try_get("state").map_err(db_err)?;
+        state
+            .entry(id)
+            .or_insert_with(|| (floor, Vec::new()))
+            .1
+            .push((version, st));
+    }
+    Ok(batch
+        .iter()
+        .map(|p| match &p.guard {
+            None => true,
+            Some(g) => {
+                live.contains(&g.token_id)
+                    && state.get(&g.key_id).is_some_and(|(floor, versions)| {
+                        *floor == g.min_decryption_version && *versions == g.versions
+                    })
+            }
+        })
+        .collect())
+}
+
+/// `$first, $first+1, ...` (`count` of them).
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn insert_key(tx: &mut Transaction<'static, Any>, key: &KeyRow) -> StoreResult<()> {
@@ -377,8 +588,15 @@ impl Store for SqlStore {
     }
 
     async fn append_audit(&self, audit: NewAuditEntry) -> StoreResult<AuditEntry> {
-        let (tx, seq, hash) = self.begin_audited().await?;
-        Self::commit_audited(tx, seq, &hash, audit).await
+        self.group_append(audit, None).await
+    }
+
+    async fn append_key_use(
+        &self,
+        audit: NewAuditEntry,
+        guard: UseGuard,
+    ) -> StoreResult<AuditEntry> {
+        self.group_append(audit, Some(guard)).await
     }
 
     async fn tenant_by_name(&self, name: &str) -> StoreResult<Option<TenantRow>> {
@@ -785,5 +1003,65 @@ impl Store for SqlStore {
 
     async fn close(&self) {
         self.pool.close().await;
+    }
+
+    async fn blind_index_secret(
+        &self,
+        key_id: &str,
+    ) -> StoreResult<Option<super::BlindIndexSecretRow>> {
+        let row = sqlx::query(
+            "SELECT key_id, version, wrapped, created_at FROM blind_index_secrets \
+             WHERE key_id = $1",
+        )
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| {
+            Ok(super::BlindIndexSecretRow {
+                key_id: r.try_get("key_id").map_err(db_err)?,
+                version: r.try_get("version").map_err(db_err)?,
+                wrapped: r.try_get("wrapped").map_err(db_err)?,
+                created_at: r.try_get("created_at").map_err(db_err)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn insert_blind_index_secret(&self, row: &super::BlindIndexSecretRow) -> StoreResult<()> {
+        // One statement decides which of several concurrent first requests wins.
+        sqlx::query(
+            "INSERT INTO blind_index_secrets (key_id, version, wrapped, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING",
+        )
+        .bind(&row.key_id)
+        .bind(row.version)
+        .bind(&row.wrapped)
+        .bind(row.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn move_blind_index_secret(
+        &self,
+        key_id: &str,
+        from_version: i64,
+        to_version: i64,
+        wrapped: &[u8],
+    ) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE blind_index_secrets SET version = $1, wrapped = $2 \
+             WHERE key_id = $3 AND version = $4",
+        )
+        .bind(to_version)
+        .bind(wrapped)
+        .bind(key_id)
+        .bind(from_version)
+        .execute(&self.pool)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
     }
 }
