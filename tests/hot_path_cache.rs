@@ -281,6 +281,32 @@ async fn concurrent_uses_each_get_a_durable_entry() {
         }
         let generated = entries(&s, "data_key.generate").await;
         assert_eq!(generated.len(), 64);
+        // They shared transactions: fewer group commits than entries.
+        let metrics = s
+            .http
+            .get(format!("{}/metrics", s.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let counter = |name: &str| -> u64 {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name} ")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
+        };
+        let (commits, written) = (
+            counter("pqkms_audit_group_commits_total"),
+            counter("pqkms_audit_group_entries_total"),
+        );
+        assert!(written >= 64, "{metrics}");
+        assert!(
+            commits < written,
+            "no grouping: {commits} commits for {written} entries"
+        );
         let seqs: Vec<i64> = generated
             .iter()
             .map(|e| e["seq"].as_i64().unwrap())

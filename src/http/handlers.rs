@@ -763,7 +763,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(state.keys.cached_private_keys()),
+        state.metrics.render(
+            state.keys.cached_private_keys(),
+            state.store.group_commit_stats(),
+        ),
     )
         .into_response()
 }

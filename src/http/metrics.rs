@@ -18,7 +18,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition.
-    pub fn render(&self, cached_keys: usize) -> String {
+    pub fn render(&self, cached_keys: usize, (commits, entries): (u64, u64)) -> String {
         let mut out = String::new();
         out.push_str("# HELP pqkms_http_requests_total HTTP requests answered.\n");
         out.push_str("# TYPE pqkms_http_requests_total counter\n");
@@ -33,6 +33,14 @@ impl Metrics {
         out.push_str("# HELP pqkms_cached_private_keys Unsealed tenant private keys in memory.\n");
         out.push_str("# TYPE pqkms_cached_private_keys gauge\n");
         let _ = writeln!(out, "pqkms_cached_private_keys {cached_keys}");
+        out.push_str("# HELP pqkms_audit_group_commits_total Audit transactions committed by the group-commit writer.\n");
+        out.push_str("# TYPE pqkms_audit_group_commits_total counter\n");
+        let _ = writeln!(out, "pqkms_audit_group_commits_total {commits}");
+        out.push_str(
+            "# HELP pqkms_audit_group_entries_total Audit entries written by those transactions.\n",
+        );
+        out.push_str("# TYPE pqkms_audit_group_entries_total counter\n");
+        let _ = writeln!(out, "pqkms_audit_group_entries_total {entries}");
         out
     }
 }

@@ -330,6 +330,10 @@ pub trait Store: Send + Sync {
         audit: NewAuditEntry,
     ) -> StoreResult<u64>;
 
+    /// Audit group commits so far: (transactions committed, entries in them). Their ratio is the
+    /// mean group size, which `/metrics` exposes.
+    fn group_commit_stats(&self) -> (u64, u64);
+
     /// Close the connection pool cleanly.
     async fn close(&self);
 

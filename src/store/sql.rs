@@ -3,6 +3,9 @@
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
@@ -39,6 +42,15 @@ pub struct SqlStore {
     backend: Backend,
     /// Key-use audit entries go to the group-commit writer ([`group_commit`]).
     appender: mpsc::Sender<PendingAppend>,
+    /// (group commits, entries in them), counted by the writer.
+    groups: Arc<GroupStats>,
+}
+
+/// Counters of the group-commit writer.
+#[derive(Default)]
+struct GroupStats {
+    commits: AtomicU64,
+    entries: AtomicU64,
 }
 
 /// Most entries one group commit writes (13 bound parameters each: well under SQLite's and
@@ -92,11 +104,13 @@ impl SqlStore {
             .await
             .map_err(|e| StoreError::Database(e.to_string()))?;
         let (appender, queue) = mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(group_commit(pool.clone(), queue));
+        let groups = Arc::new(GroupStats::default());
+        tokio::spawn(group_commit(pool.clone(), queue, groups.clone()));
         Ok(SqlStore {
             pool,
             backend,
             appender,
+            groups,
         })
     }
 
@@ -217,18 +231,26 @@ async fn commit_audited(
 /// key still never leaves before its entry is committed, but a burst of requests shares one fsync
 /// instead of queueing for one each. A failed commit fails every request of the group (fail
 /// closed); a failed guard fails only its own request, with nothing written for it.
-async fn group_commit(pool: AnyPool, mut queue: mpsc::Receiver<PendingAppend>) {
+async fn group_commit(
+    pool: AnyPool,
+    mut queue: mpsc::Receiver<PendingAppend>,
+    stats: Arc<GroupStats>,
+) {
     let mut group: Vec<PendingAppend> = Vec::with_capacity(MAX_GROUP);
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
         let batch: Vec<PendingAppend> = std::mem::take(&mut group);
-        if let Err(e) = commit_group(&pool, batch).await {
-            tracing::error!(error = %e, "audit group commit failed");
+        match commit_group(&pool, batch).await {
+            Ok(written) => {
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats.entries.fetch_add(written, Ordering::Relaxed);
+            }
+            Err(e) => tracing::error!(error = %e, "audit group commit failed"),
         }
     }
 }
 
-/// Check guards, write the entries that pass, answer every waiter.
-async fn commit_group(pool: &AnyPool, batch: Vec<PendingAppend>) -> StoreResult<()> {
+/// Check guards, write the entries that pass, answer every waiter. Returns how many were written.
+async fn commit_group(pool: &AnyPool, batch: Vec<PendingAppend>) -> StoreResult<u64> {
     let fail_all = |batch: Vec<PendingAppend>, e: &StoreError| {
         for p in batch {
             let _ = p.done.send(Err(e.clone()));
@@ -260,11 +282,12 @@ async fn commit_group(pool: &AnyPool, batch: Vec<PendingAppend>) -> StoreResult<
     }
     match commit_audited(tx, seq, &hash, entries).await {
         Ok(written) => {
+            let count = written.len() as u64;
             for (waiter, entry) in waiters.into_iter().zip(written) {
                 // The request may have gone (client hung up): its entry is written anyway.
                 let _ = waiter.send(Ok(entry));
             }
-            Ok(())
+            Ok(count)
         }
         Err(e) => {
             for waiter in waiters {
@@ -999,6 +1022,13 @@ impl Store for SqlStore {
         );
         Self::commit_audited(tx, seq, &hash, audit).await?;
         Ok(changed)
+    }
+
+    fn group_commit_stats(&self) -> (u64, u64) {
+        (
+            self.groups.commits.load(Ordering::Relaxed),
+            self.groups.entries.load(Ordering::Relaxed),
+        )
     }
 
     async fn close(&self) {
