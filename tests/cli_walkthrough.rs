@@ -273,7 +273,11 @@ fn lifecycle_commands_with_the_real_binary() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let input: String = wrapped.iter().map(|(w, _)| format!("{w}\n")).collect();
+    // 120 lines (the three keys, 40 times): more than one request body's worth (~30 per 64 KiB),
+    // so the CLI must split them into several batches.
+    let input: String = (0..40)
+        .flat_map(|_| wrapped.iter().map(|(w, _)| format!("{w}\n")))
+        .collect();
     child
         .stdin
         .take()
@@ -286,12 +290,12 @@ fn lifecycle_commands_with_the_real_binary() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("rewrap: 3/3 (0 failed)"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rewrap: 120/120 (0 failed)"));
     let new: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_owned)
         .collect();
-    assert_eq!(new.len(), 3);
+    assert_eq!(new.len(), 120);
     for (n, (old, plaintext)) in new.iter().zip(&wrapped) {
         assert_ne!(n, old);
         let v = ok_json(cli(

@@ -332,7 +332,12 @@ async fn lifecycle(t: KeyTarget, action: &str, mut body: serde_json::Value) -> R
     })
 }
 
-/// Re-wrap many stored keys in batches of 100, preserving order; progress on stderr.
+/// Largest request body the CLI builds for one re-wrap batch: under the service's default
+/// 64 KiB body limit (a wrapped key is ~1.7 KB of base64, so ~30 per batch).
+const REWRAP_BATCH_BYTES: usize = 56 * 1024;
+
+/// Re-wrap many stored keys in batches (at most 100 items and [`REWRAP_BATCH_BYTES`] each),
+/// preserving order; progress on stderr.
 async fn rewrap_stream(
     c: &client::Client,
     tenant: &str,
@@ -358,7 +363,21 @@ async fn rewrap_stream(
         .collect();
     let context: std::collections::BTreeMap<_, _> = context.into_iter().collect();
     let (total, mut done, mut failed) = (lines.len(), 0usize, 0usize);
-    for chunk in lines.chunks(100) {
+    let item_overhead = serde_json::to_string(&context).map_or(64, |c| c.len() + 40);
+    let mut batches: Vec<&[String]> = Vec::new();
+    let (mut start, mut bytes) = (0usize, 0usize);
+    for (i, line) in lines.iter().enumerate() {
+        let size = line.len() + item_overhead;
+        if i > start && (i - start == 100 || bytes + size > REWRAP_BATCH_BYTES) {
+            batches.push(&lines[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < lines.len() {
+        batches.push(&lines[start..]);
+    }
+    for chunk in batches {
         let items: Vec<_> = chunk
             .iter()
             .map(|w| serde_json::json!({ "wrapped_key": w, "context": context }))

@@ -5,10 +5,14 @@
 //! - **encryption**, keyed by (source, tenant, key, context digest): which data key new records
 //!   of that tenant, key and context get. The source separates keys from the service from keys
 //!   wrapped offline to a pinned public key (and keys pinned to different fingerprints).
-//! - **decryption**, keyed by (tenant, key, context digest, wrapped-key bytes): a record whose
+//! - **decryption**, keyed by (tenant, key, context digest, wrapped-key tag): a record whose
 //!   wrapped key was already opened *for this tenant, key and context* skips the service. The
 //!   context is part of the key, so a cache hit can never let a caller skip the service's context
-//!   check: a different context is a miss, and the service then refuses it.
+//!   check: a different context is a miss, and the service then refuses it. The map is keyed on
+//!   the wrapped key's last 16 bytes (the AES-GCM tag sealing its data key: random per wrapped
+//!   key) instead of all 1254 bytes, so a lookup hashes 16 bytes and copies nothing; a hit is only
+//!   taken if the whole wrapped key equals the one the entry was opened from, so a different blob
+//!   with the same tag (forged, or tampered outside the tag) is a miss and goes to the service.
 //!
 //! Entries are never shared across tenants or contexts because both are part of every cache key.
 //! Only derived [`FieldKey`]s are cached (never the data key itself); they zeroize on drop, which
@@ -133,10 +137,23 @@ pub(crate) struct EncryptKey {
 
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct DecryptKey {
-    pub(crate) tenant: String,
-    pub(crate) key: String,
+    pub(crate) tenant: Arc<str>,
+    pub(crate) key: Arc<str>,
     pub(crate) context: ContextDigest,
-    pub(crate) wrapped: Vec<u8>,
+    /// [`wrapped_tag`] of the wrapped key; the whole key is compared on a hit.
+    pub(crate) tag: [u8; WRAPPED_TAG_LEN],
+}
+
+/// Length of the part of a wrapped key the decryption map is keyed on.
+pub(crate) const WRAPPED_TAG_LEN: usize = 16;
+
+/// The last 16 bytes of a wrapped key (its AES-GCM tag); a shorter blob is zero-padded (it will
+/// not open at the service anyway, so it never gets an entry).
+pub(crate) fn wrapped_tag(wrapped_key: &[u8]) -> [u8; WRAPPED_TAG_LEN] {
+    let mut tag = [0u8; WRAPPED_TAG_LEN];
+    let tail = &wrapped_key[wrapped_key.len().saturating_sub(WRAPPED_TAG_LEN)..];
+    tag[..tail.len()].copy_from_slice(tail);
+    tag
 }
 
 pub(crate) struct KeyCache {
@@ -170,15 +187,18 @@ impl KeyCache {
     }
 
     pub(crate) fn get_encrypt(&self, k: &EncryptKey) -> Option<Arc<CachedKey>> {
-        get(&self.encrypt, k, &self.limits)
+        get(&self.encrypt, k, &self.limits, |_| true)
     }
 
     pub(crate) fn put_encrypt(&self, k: EncryptKey, v: &Arc<CachedKey>) {
         put(&self.encrypt, k, v, &self.limits);
     }
 
-    pub(crate) fn get_decrypt(&self, k: &DecryptKey) -> Option<Arc<CachedKey>> {
-        get(&self.decrypt, k, &self.limits)
+    /// The entry for `k`, if it was opened from exactly `wrapped_key`.
+    pub(crate) fn get_decrypt(&self, k: &DecryptKey, wrapped_key: &[u8]) -> Option<Arc<CachedKey>> {
+        get(&self.decrypt, k, &self.limits, |e| {
+            e.wrapped.as_bytes() == wrapped_key
+        })
     }
 
     pub(crate) fn put_decrypt(&self, k: DecryptKey, v: &Arc<CachedKey>) {
@@ -196,12 +216,17 @@ fn get<K: Eq + std::hash::Hash + Clone>(
     map: &Mutex<HashMap<K, Arc<CachedKey>>>,
     k: &K,
     limits: &CacheLimits,
+    same: impl Fn(&CachedKey) -> bool,
 ) -> Option<Arc<CachedKey>> {
     if !limits.enabled() {
         return None;
     }
     let mut map = lock(map);
     let entry = map.get(k)?;
+    if !same(entry) {
+        // Another blob under the same map key: not this entry's (it stays for its own blob).
+        return None;
+    }
     if entry.usable(limits, Instant::now()) {
         Some(Arc::clone(entry))
     } else {
@@ -314,6 +339,33 @@ mod tests {
         cache.put_encrypt(ekey("a"), &e);
         std::thread::sleep(Duration::from_millis(60));
         assert!(cache.get_encrypt(&ekey("a")).is_none(), "age retires it");
+    }
+
+    #[test]
+    fn decryption_hits_need_the_whole_wrapped_key() {
+        let cache = KeyCache::new(CacheLimits::default());
+        let e = entry();
+        let blob = e.wrapped.as_bytes().to_vec();
+        let dkey = |blob: &[u8]| DecryptKey {
+            tenant: "a".into(),
+            key: "default".into(),
+            context: EncryptionContext::new().digest(),
+            tag: wrapped_tag(blob),
+        };
+        cache.put_decrypt(dkey(&blob), &e);
+        assert!(cache.get_decrypt(&dkey(&blob), &blob).is_some());
+        // Same tag, one other byte: same map key, but not a hit (and the entry stays).
+        let mut forged = blob.clone();
+        forged[100] ^= 1;
+        assert!(dkey(&forged) == dkey(&blob));
+        assert!(cache.get_decrypt(&dkey(&forged), &forged).is_none());
+        assert!(cache.get_decrypt(&dkey(&blob), &blob).is_some());
+        // Another tag: another map key.
+        let mut other = blob.clone();
+        *other.last_mut().unwrap() ^= 1;
+        assert!(cache.get_decrypt(&dkey(&other), &other).is_none());
+        assert_eq!(wrapped_tag(b"short"), *b"short\0\0\0\0\0\0\0\0\0\0\0");
+        assert_eq!(wrapped_tag(&blob)[..], blob[blob.len() - 16..]);
     }
 
     #[test]

@@ -111,12 +111,18 @@ pub struct CreatedToken {
 pub struct KeyVersion {
     /// Version number, from 1.
     pub version: u32,
-    /// `enabled`, ...
+    /// `enabled`, `disabled`, `pending_destruction` or `destroyed`.
     pub state: String,
     /// Unix milliseconds.
     pub created_at: i64,
     /// Fingerprint of the version's public key (32 hex digits).
     pub fingerprint: String,
+    /// When a scheduled destruction happens (Unix ms), while `pending_destruction`.
+    #[serde(default)]
+    pub destroy_at: Option<i64>,
+    /// When the material was destroyed (Unix ms), once `destroyed`.
+    #[serde(default)]
+    pub destroyed_at: Option<i64>,
 }
 
 /// Metadata of one key (no key material).
@@ -130,8 +136,21 @@ pub struct KeyInfo {
     pub created_at: i64,
     /// The newest enabled version: the one new data keys are wrapped to.
     pub current_version: Option<u32>,
+    /// Versions below this are retired: their data keys no longer decrypt (they still re-wrap).
+    #[serde(default = "first_version")]
+    pub min_decryption_version: u32,
+    /// Scheduled rotation period, seconds (`None`: no scheduled rotation).
+    #[serde(default)]
+    pub rotation_period_secs: Option<u64>,
+    /// When the next scheduled rotation is due (Unix ms).
+    #[serde(default)]
+    pub next_rotation_at: Option<i64>,
     /// All versions, oldest first.
     pub versions: Vec<KeyVersion>,
+}
+
+fn first_version() -> u32 {
+    1
 }
 
 /// Answer of [`Client::audit_verify`].
@@ -169,6 +188,111 @@ impl fmt::Debug for GeneratedDataKey {
             .field("version", &self.version)
             .finish()
     }
+}
+
+/// Answer of [`Client::rotate_key`]: the new version, current from now on.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RotatedKey {
+    /// The new version number.
+    pub version: u32,
+    /// Fingerprint of its public key (32 hex digits): pin it for offline wrapping.
+    pub fingerprint: String,
+}
+
+/// A stored wrapped data key moved to the key's current version (answer of [`Client::rewrap`]).
+/// Replace the stored wrapped key with [`RewrappedKey::wrapped`]; the data it protects does not
+/// change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RewrappedKey {
+    /// The same data key, wrapped to `version` under the same context.
+    pub wrapped: WrappedDataKey,
+    /// The version it is wrapped to now (the key's current version).
+    pub version: u32,
+    /// The version it was wrapped to before (equal to `version` if it already was current).
+    pub from_version: u32,
+}
+
+/// Largest number of items [`Client::rewrap_batch`] takes per call (the service's limit). The
+/// service's request body limit also applies: a wrapped key is 1672 base64 characters, so with
+/// the default 64 KiB limit about 35 items (with a short context) fit in one request; more
+/// answer [`Error::BodyTooLarge`].
+pub const MAX_REWRAP_BATCH: usize = 100;
+
+/// A scheduled-rotation setting for [`KeyConfig::rotation_period`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RotationPeriod {
+    /// Rotate this often (whole seconds, rounded up; at least one minute).
+    Every(Duration),
+    /// No scheduled rotation.
+    Off,
+}
+
+/// What [`Client::configure_key`] changes. `None` leaves a setting as it is, so
+/// `KeyConfig::default()` changes nothing and only reads the policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyConfig {
+    /// Retire every version below this one (their data keys stop decrypting; they still
+    /// re-wrap). Between 1 and the newest version.
+    pub min_decryption_version: Option<u32>,
+    /// Scheduled rotation.
+    pub rotation_period: Option<RotationPeriod>,
+}
+
+/// A key's retirement floor and rotation policy (answer of [`Client::configure_key`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct KeyPolicy {
+    /// The key's name.
+    pub key: String,
+    /// Versions below this are retired.
+    pub min_decryption_version: u32,
+    /// Scheduled rotation period, seconds (`None`: off).
+    pub rotation_period_secs: Option<u64>,
+    /// When the next scheduled rotation is due (Unix ms).
+    pub next_rotation_at: Option<i64>,
+}
+
+/// Answer of [`Client::disable_key`] and [`Client::enable_key`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct KeyStateChange {
+    /// The key's name.
+    pub key: String,
+    /// The version changed, or `None` for every version the change applied to.
+    pub version: Option<u32>,
+    /// The state it is in now: `disabled` or `enabled`.
+    pub state: String,
+}
+
+/// Answer of [`Client::destroy_key`]: when the material will be destroyed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DestroyScheduled {
+    /// The key's name.
+    pub key: String,
+    /// The version scheduled, or `None` for every enabled or disabled version.
+    pub version: Option<u32>,
+    /// When the service's worker destroys it (Unix ms); [`Client::cancel_destroy_key`] until then.
+    pub destroy_at: i64,
+}
+
+/// Answer of [`Client::cancel_destroy_key`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DestroyCancelled {
+    /// The key's name.
+    pub key: String,
+    /// The version whose destruction was cancelled, or `None` for every pending version.
+    pub version: Option<u32>,
+    /// Always `true` on success.
+    pub cancelled: bool,
+}
+
+/// Answer of [`Client::reseal_root`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ResealResult {
+    /// The root key version everything is sealed under now.
+    pub root_version: u32,
+    /// Key versions re-sealed by this call.
+    pub resealed: u64,
+    /// Key versions still sealed under another root key (call again until 0).
+    pub remaining: u64,
 }
 
 /// Counters of what a [`Client`] (and every clone of it) did, for tests and metrics.
@@ -393,6 +517,20 @@ struct ErrorBody {
 struct ErrorDetail {
     code: String,
     message: String,
+    #[serde(default)]
+    destroyed_at: Option<i64>,
+}
+
+impl ErrorDetail {
+    fn into_error(self, status: u16, request_id: Option<String>) -> Error {
+        Error::from_service(ServiceError {
+            status,
+            code: self.code,
+            message: self.message,
+            request_id,
+            destroyed_at: self.destroyed_at,
+        })
+    }
 }
 
 impl Client {
@@ -441,6 +579,16 @@ impl Client {
 
     /// Send one request (with retries) and return the body of a 2xx answer.
     async fn call(&self, method: Method, url: Url, body: Option<Vec<u8>>) -> Result<Body> {
+        self.call_with_id(method, url, body).await.map(|(b, _)| b)
+    }
+
+    /// [`Client::call`], also returning the answer's `X-Request-Id`.
+    async fn call_with_id(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+    ) -> Result<(Body, Option<String>)> {
         let inner = &self.inner;
         let mut retry = 0u32;
         loop {
@@ -707,6 +855,229 @@ impl Client {
         let raw: Raw<'_> = parse(&answer)?;
         decode_32(raw.key, "key")
     }
+
+    // ------------------------------------------------------------------ key lifecycle
+
+    /// `POST /v1/tenants/{tenant}/keys/{key}/rotate` (tenant-admin): add a version and make it
+    /// current. Existing wrapped keys keep their version until re-wrapped.
+    pub async fn rotate_key(&self, tenant: &str, key: &str) -> Result<RotatedKey> {
+        self.call_json(
+            Method::POST,
+            &["v1", "tenants", tenant, "keys", key, "rotate"],
+            None,
+        )
+        .await
+    }
+
+    /// `POST /v1/tenants/{tenant}/keys/{key}/rewrap` (decrypt): move a stored wrapped data key to
+    /// the key's current version without the data key leaving the service. The `context` must be
+    /// the one it was generated with; the new wrapped key is bound to it too. A retired version
+    /// re-wraps (that is the way off it); a disabled one is [`Error::KeyDisabled`], a destroyed
+    /// one [`Error::KeyDestroyed`], one that does not open [`Error::DecryptionFailed`].
+    pub async fn rewrap(
+        &self,
+        tenant: &str,
+        key: &str,
+        wrapped_key: &[u8],
+        context: &EncryptionContext,
+    ) -> Result<RewrappedKey> {
+        let url = self.url(&["v1", "tenants", tenant, "keys", key, "rewrap"])?;
+        let body = request_body(&rewrap_item(wrapped_key, context))?;
+        let answer = self.call(Method::POST, url, Some(body)).await?;
+        let raw: RawRewrapped<'_> = parse(&answer)?;
+        raw.check(context)
+    }
+
+    /// `POST /v1/tenants/{tenant}/keys/{key}/rewrap-batch` (decrypt): [`Client::rewrap`] for up
+    /// to [`MAX_REWRAP_BATCH`] wrapped keys (each with its context) in one request — within the
+    /// service's body limit, about 35 by default (see [`MAX_REWRAP_BATCH`]). The outer `Result`
+    /// is the request's (a server-side failure fails the whole batch: send it again); the inner
+    /// ones are each item's, in order — check every one. Each item is audited by the service.
+    pub async fn rewrap_batch(
+        &self,
+        tenant: &str,
+        key: &str,
+        items: &[(&[u8], &EncryptionContext)],
+    ) -> Result<Vec<Result<RewrappedKey>>> {
+        #[derive(Deserialize)]
+        struct Raw {
+            results: Vec<serde_json::Value>,
+        }
+        if items.len() > MAX_REWRAP_BATCH {
+            return Err(Error::Config(format!(
+                "at most {MAX_REWRAP_BATCH} items per re-wrap batch"
+            )));
+        }
+        let url = self.url(&["v1", "tenants", tenant, "keys", key, "rewrap-batch"])?;
+        let body: Vec<serde_json::Value> = items
+            .iter()
+            .map(|(wrapped, context)| rewrap_item(wrapped, context))
+            .collect();
+        let body = request_body(&json!({ "items": body }))?;
+        let (answer, request_id) = self.call_with_id(Method::POST, url, Some(body)).await?;
+        let raw: Raw = parse(&answer)?;
+        if raw.results.len() != items.len() {
+            return Err(Error::InvalidResponse(format!(
+                "{} results for {} items",
+                raw.results.len(),
+                items.len()
+            )));
+        }
+        raw.results
+            .iter()
+            .zip(items)
+            .map(|(result, (_, context))| {
+                if let Some(error) = result.get("error") {
+                    let detail = ErrorDetail::deserialize(error)
+                        .map_err(|e| Error::InvalidResponse(format!("batch item error: {e}")))?;
+                    let status = crate::error::status_of_code(&detail.code);
+                    return Ok(Err(detail.into_error(status, request_id.clone())));
+                }
+                let raw = RawRewrapped::deserialize(result)
+                    .map_err(|e| Error::InvalidResponse(format!("batch item: {e}")))?;
+                Ok(raw.check(context))
+            })
+            .collect()
+    }
+
+    /// `POST /v1/tenants/{tenant}/keys/{key}/config` (tenant-admin): set the retirement floor
+    /// and the scheduled rotation; answers the key's policy.
+    pub async fn configure_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        config: &KeyConfig,
+    ) -> Result<KeyPolicy> {
+        let mut body = serde_json::Map::new();
+        if let Some(min) = config.min_decryption_version {
+            body.insert("min_decryption_version".into(), json!(min));
+        }
+        match config.rotation_period {
+            None => {}
+            Some(RotationPeriod::Off) => {
+                body.insert("rotation_period".into(), json!("off"));
+            }
+            Some(RotationPeriod::Every(period)) => {
+                body.insert("rotation_period".into(), json!(seconds(period)));
+            }
+        }
+        self.call_json(
+            Method::POST,
+            &["v1", "tenants", tenant, "keys", key, "config"],
+            Some(serde_json::Value::Object(body)),
+        )
+        .await
+    }
+
+    /// `POST /v1/tenants/{tenant}/keys/{key}/disable` (tenant-admin): suspend one version, or
+    /// (`None`) every enabled version. Its data keys answer [`Error::KeyDisabled`] until enabled.
+    pub async fn disable_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        version: Option<u32>,
+    ) -> Result<KeyStateChange> {
+        self.call_json(
+            Method::POST,
+            &["v1", "tenants", tenant, "keys", key, "disable"],
+            Some(json!({ "version": version })),
+        )
+        .await
+    }
+
+    /// `POST /v1/tenants/{tenant}/keys/{key}/enable` (tenant-admin): undo [`Client::disable_key`].
+    pub async fn enable_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        version: Option<u32>,
+    ) -> Result<KeyStateChange> {
+        self.call_json(
+            Method::POST,
+            &["v1", "tenants", tenant, "keys", key, "enable"],
+            Some(json!({ "version": version })),
+        )
+        .await
+    }
+
+    /// `POST /v1/tenants/{tenant}/keys/{key}/destroy` (tenant-admin): schedule the
+    /// crypto-shredding of one version, or (`None`) the whole key, after `waiting_period` (whole
+    /// seconds, rounded up; default 30 days; at least the service's minimum). Once done, every
+    /// data key wrapped to it — and the data under them — is gone: [`Error::KeyDestroyed`].
+    pub async fn destroy_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        version: Option<u32>,
+        waiting_period: Option<Duration>,
+    ) -> Result<DestroyScheduled> {
+        self.call_json(
+            Method::POST,
+            &["v1", "tenants", tenant, "keys", key, "destroy"],
+            Some(json!({ "version": version, "waiting_period": waiting_period.map(seconds) })),
+        )
+        .await
+    }
+
+    /// `POST /v1/tenants/{tenant}/keys/{key}/cancel-destroy` (tenant-admin): cancel a scheduled
+    /// destruction (one version, or every pending one); versions return to their earlier state.
+    pub async fn cancel_destroy_key(
+        &self,
+        tenant: &str,
+        key: &str,
+        version: Option<u32>,
+    ) -> Result<DestroyCancelled> {
+        self.call_json(
+            Method::POST,
+            &["v1", "tenants", tenant, "keys", key, "cancel-destroy"],
+            Some(json!({ "version": version })),
+        )
+        .await
+    }
+
+    /// `POST /v1/root-key/reseal` (operator): re-seal key versions under the service's current
+    /// root key (step 3 of a root-key rotation). Idempotent: repeat until `remaining` is 0.
+    pub async fn reseal_root(&self) -> Result<ResealResult> {
+        self.call_json(Method::POST, &["v1", "root-key", "reseal"], None)
+            .await
+    }
+}
+
+/// One re-wrap request item.
+fn rewrap_item(wrapped_key: &[u8], context: &EncryptionContext) -> serde_json::Value {
+    json!({ "wrapped_key": B64.encode(wrapped_key), "context": context_json(context) })
+}
+
+/// A duration as the service's `"<seconds>s"`, rounded up to whole seconds.
+fn seconds(d: Duration) -> String {
+    format!("{}s", d.as_secs() + u64::from(d.subsec_nanos() > 0))
+}
+
+#[derive(Deserialize)]
+struct RawRewrapped<'a> {
+    wrapped_key: &'a str,
+    version: u32,
+    from_version: u32,
+}
+
+impl RawRewrapped<'_> {
+    /// Parse, and check the answer is what was asked for: wrapped to the stated version, under
+    /// the same context.
+    fn check(self, context: &EncryptionContext) -> Result<RewrappedKey> {
+        let wrapped = decode_wrapped(self.wrapped_key)?;
+        if wrapped.context_digest() != &context.digest()
+            || wrapped.key_ref().version != self.version
+        {
+            return Err(Error::InvalidResponse(
+                "re-wrapped key does not match its stated version or the context".into(),
+            ));
+        }
+        Ok(RewrappedKey {
+            wrapped,
+            version: self.version,
+            from_version: self.from_version,
+        })
+    }
 }
 
 fn request_body(value: &serde_json::Value) -> Result<Vec<u8>> {
@@ -752,7 +1123,7 @@ fn decode_data_key(b64: &str) -> Result<DataKey> {
     Ok(key)
 }
 
-async fn read_answer(mut resp: reqwest::Response) -> Result<Body> {
+async fn read_answer(mut resp: reqwest::Response) -> Result<(Body, Option<String>)> {
     let status = resp.status();
     let request_id = resp
         .headers()
@@ -764,19 +1135,15 @@ async fn read_answer(mut resp: reqwest::Response) -> Result<Body> {
         body.extend_from_slice(&chunk);
     }
     if status.is_success() {
-        return Ok(body);
+        return Ok((body, request_id));
     }
-    let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
-        Ok(e) => (e.error.code, e.error.message),
-        Err(_) => (
-            String::new(),
-            status.canonical_reason().unwrap_or("error").to_owned(),
-        ),
+    let detail = match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(e) => e.error,
+        Err(_) => ErrorDetail {
+            code: String::new(),
+            message: status.canonical_reason().unwrap_or("error").to_owned(),
+            destroyed_at: None,
+        },
     };
-    Err(Error::from_service(ServiceError {
-        status: status.as_u16(),
-        code,
-        message,
-        request_id,
-    }))
+    Err(detail.into_error(status.as_u16(), request_id))
 }

@@ -24,7 +24,7 @@ use pqkms_envelope::{
 };
 use zeroize::Zeroizing;
 
-use crate::cache::{CachedKey, DecryptKey, EncryptKey, Source};
+use crate::cache::{CachedKey, DecryptKey, EncryptKey, Source, wrapped_tag};
 use crate::client::{Client, bump};
 use crate::column::EncryptedColumn;
 use crate::error::{Error, Result};
@@ -182,12 +182,12 @@ impl Encryptor {
         let counters = &self.client.inner.counters;
         let cache = &self.client.inner.cache;
         let cache_key = DecryptKey {
-            tenant: self.tenant.to_string(),
-            key: self.key.to_string(),
+            tenant: Arc::clone(&self.tenant),
+            key: Arc::clone(&self.key),
             context: self.digest,
-            wrapped: wrapped_key.to_vec(),
+            tag: wrapped_tag(wrapped_key),
         };
-        let key = match cache.get_decrypt(&cache_key) {
+        let key = match cache.get_decrypt(&cache_key, wrapped_key) {
             Some(hit) => {
                 bump(&counters.decrypt_cache_hits);
                 hit

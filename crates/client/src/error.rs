@@ -15,6 +15,8 @@ pub struct ServiceError {
     pub message: String,
     /// The `X-Request-Id` header of the answer, when present.
     pub request_id: Option<String>,
+    /// `key_destroyed` only: when the key material was destroyed (Unix ms).
+    pub destroyed_at: Option<i64>,
 }
 
 impl fmt::Display for ServiceError {
@@ -44,12 +46,23 @@ pub enum Error {
     NotFound(ServiceError),
     /// 409 `conflict`: the name is taken.
     Conflict(ServiceError),
+    /// 409 `key_disabled`: the key version needed is disabled or scheduled for destruction (or the
+    /// key has no enabled version). Recoverable: an admin can enable it or cancel the destruction.
+    KeyDisabled(ServiceError),
+    /// 409 `version_retired`: the wrapped key names a version below the key's
+    /// `min_decryption_version`. Re-wrap it ([`Client::rewrap`](crate::Client::rewrap)) or have an
+    /// admin lower the floor.
+    VersionRetired(ServiceError),
+    /// 409 `invalid_state`: a lifecycle request matched no version in a state it applies to
+    /// (disabling a disabled version, cancelling when nothing is scheduled, ...).
+    InvalidState(ServiceError),
     /// 413 `body_too_large`.
     BodyTooLarge(ServiceError),
     /// 422 `decryption_failed`: the wrapped key does not open with this tenant, key and context.
     /// Uniform on purpose: the cause is not revealed.
     DecryptionFailed(ServiceError),
     /// 410 `key_destroyed`: the key version was crypto-shredded; data under it is gone for good.
+    /// [`ServiceError::destroyed_at`] says when. Do not retry.
     KeyDestroyed(ServiceError),
     /// 500 `internal`: server-side failure; quote the request id to the operator.
     Internal(ServiceError),
@@ -95,6 +108,9 @@ impl Error {
             | Error::Forbidden(e)
             | Error::NotFound(e)
             | Error::Conflict(e)
+            | Error::KeyDisabled(e)
+            | Error::VersionRetired(e)
+            | Error::InvalidState(e)
             | Error::BodyTooLarge(e)
             | Error::DecryptionFailed(e)
             | Error::KeyDestroyed(e)
@@ -113,6 +129,9 @@ impl Error {
             "forbidden" => Some(Error::Forbidden as fn(_) -> _),
             "not_found" => Some(Error::NotFound as fn(_) -> _),
             "conflict" => Some(Error::Conflict as fn(_) -> _),
+            "key_disabled" => Some(Error::KeyDisabled as fn(_) -> _),
+            "version_retired" => Some(Error::VersionRetired as fn(_) -> _),
+            "invalid_state" => Some(Error::InvalidState as fn(_) -> _),
             "body_too_large" => Some(Error::BodyTooLarge as fn(_) -> _),
             "decryption_failed" => Some(Error::DecryptionFailed as fn(_) -> _),
             "key_destroyed" => Some(Error::KeyDestroyed as fn(_) -> _),
@@ -183,6 +202,24 @@ impl std::error::Error for Error {
 impl From<pqkms_envelope::Error> for Error {
     fn from(e: pqkms_envelope::Error) -> Self {
         Error::Crypto(e)
+    }
+}
+
+/// The HTTP status the service uses for an error `code` (for the per-item errors of a re-wrap
+/// batch, which carry a code but no status of their own); 0 for an unknown code.
+pub(crate) fn status_of_code(code: &str) -> u16 {
+    match code {
+        "bad_request" => 400,
+        "unauthorized" => 401,
+        "forbidden" => 403,
+        "not_found" => 404,
+        "conflict" | "key_disabled" | "version_retired" | "invalid_state" => 409,
+        "key_destroyed" => 410,
+        "body_too_large" => 413,
+        "decryption_failed" => 422,
+        "internal" => 500,
+        "unavailable" => 503,
+        _ => 0,
     }
 }
 

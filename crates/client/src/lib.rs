@@ -33,7 +33,10 @@
 //!   never printed, timeouts, retries with exponential backoff on connection failures and `503`
 //!   only ([`RetryPolicy`]), typed [`Error`]s per service error code — including
 //!   [`Error::KeyDestroyed`] for a crypto-shredded key. Plaintext data keys are only ever
-//!   [`DataKey`]s (zeroized on drop, no `Debug`).
+//!   [`DataKey`]s (zeroized on drop, no `Debug`). The key lifecycle too:
+//!   [`Client::rotate_key`], [`Client::rewrap`] / [`Client::rewrap_batch`] (move stored wrapped
+//!   keys to the newest version; `examples/migrate_wrapped_keys.rs` does a whole table),
+//!   [`Client::configure_key`], disable / enable, scheduled destruction and its cancellation.
 //! - [`Encryptor`]: bound to a tenant, key and [`EncryptionContext`]; one data key per record
 //!   ([`Encryptor::record`]), fields encrypted with the envelope crate's field format, records
 //!   opened through the service ([`Encryptor::open`]). [`EncryptedRecord`] bundles a record's
@@ -83,8 +86,10 @@ pub mod value;
 pub use blind_index::{BLIND_INDEX_LEN, BlindIndex, Normalizer};
 pub use cache::CacheLimits;
 pub use client::{
-    AuditVerification, Client, ClientBuilder, ClientStats, CreatedToken, GeneratedDataKey, KeyInfo,
-    KeyVersion, RetryPolicy, Role, TenantCreated,
+    AuditVerification, Client, ClientBuilder, ClientStats, CreatedToken, DestroyCancelled,
+    DestroyScheduled, GeneratedDataKey, KeyConfig, KeyInfo, KeyPolicy, KeyStateChange, KeyVersion,
+    MAX_REWRAP_BATCH, ResealResult, RetryPolicy, RewrappedKey, Role, RotatedKey, RotationPeriod,
+    TenantCreated,
 };
 pub use column::EncryptedColumn;
 pub use encryptor::{EncryptedRecord, Encryptor, RecordDecryptor, RecordEncryptor};

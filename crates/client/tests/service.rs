@@ -775,8 +775,8 @@ async fn encrypted_columns_in_sqlite() {
     server.stop().await;
 }
 
-/// PostgreSQL: the same impls (`BYTEA`), checked at compile time; CI's PostgreSQL runs belong to
-/// the service's suite.
+/// PostgreSQL: the same impls (`BYTEA`), checked at compile time (and at run time by
+/// `encrypted_columns_in_postgres`).
 #[test]
 fn encrypted_column_is_a_postgres_bytea() {
     fn is_sqlx_value<DB: sqlx::Database, T>()
@@ -790,4 +790,592 @@ fn encrypted_column_is_a_postgres_bytea() {
         <EncryptedColumn as sqlx::Type<sqlx::Postgres>>::type_info(),
         <Vec<u8> as sqlx::Type<sqlx::Postgres>>::type_info()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blind_indexes_from_the_service_find_records() {
+    use pqkms_client::Normalizer;
+    use sqlx::Row;
+    let server = Server::start().await;
+    let acme = server.tenant("acme").await;
+    let globex = server.tenant("globex").await;
+    // The writer has only `encrypt`, the reader only `decrypt`: they index alike.
+    let writer = server.client(&acme.encrypt_only, CacheLimits::default());
+    let reader = server.client(&acme.decrypt_only, CacheLimits::default());
+    let w = writer
+        .blind_index("acme", "default", "email", Normalizer::Email)
+        .await
+        .unwrap();
+    let r = reader
+        .blind_index("acme", "default", "email", Normalizer::Email)
+        .await
+        .unwrap();
+    assert_eq!(writer.stats().blind_index_keys, 1);
+    let ada = w.compute("ada@example.com");
+    assert_eq!(r.compute("ada@example.com"), ada, "same value, same index");
+    for equal in [
+        " Ada@Example.COM",
+        "ADA@EXAMPLE.COM\n",
+        "\tada@example.com ",
+    ] {
+        assert_eq!(
+            r.compute(equal),
+            ada,
+            "{equal:?} normalizes to the same value"
+        );
+    }
+    assert_ne!(w.compute("bob@example.com"), ada);
+    // Another field, key or tenant: another index for the same value.
+    let raw = writer
+        .blind_index("acme", "default", "email", Normalizer::Raw)
+        .await
+        .unwrap();
+    assert_eq!(raw.compute("ada@example.com"), ada, "normalizer only");
+    let phone = writer
+        .blind_index("acme", "default", "phone", Normalizer::Email)
+        .await
+        .unwrap();
+    assert_ne!(phone.compute("ada@example.com"), ada);
+    let admin = server.client(&acme.admin, CacheLimits::default());
+    admin.create_key("acme", "billing").await.unwrap();
+    let billing = writer
+        .blind_index("acme", "billing", "email", Normalizer::Email)
+        .await
+        .unwrap();
+    assert_ne!(billing.compute("ada@example.com"), ada);
+    let g = server
+        .client(&globex.app, CacheLimits::default())
+        .blind_index("globex", "default", "email", Normalizer::Email)
+        .await
+        .unwrap();
+    assert_ne!(g.compute("ada@example.com"), ada);
+    // Refused: the admin role, another tenant, an empty field (locally, no request).
+    assert!(matches!(
+        admin
+            .blind_index("acme", "default", "email", Normalizer::Email)
+            .await,
+        Err(Error::Forbidden(_))
+    ));
+    assert!(matches!(
+        writer
+            .blind_index("globex", "default", "email", Normalizer::Email)
+            .await,
+        Err(Error::Forbidden(_))
+    ));
+    let before = writer.stats().requests;
+    assert!(matches!(
+        writer
+            .blind_index("acme", "default", "", Normalizer::Email)
+            .await,
+        Err(Error::Config(_))
+    ));
+    assert_eq!(writer.stats().requests, before);
+    // Stable across a rotation.
+    admin.rotate_key("acme", "default").await.unwrap();
+    let after = reader
+        .blind_index("acme", "default", "email", Normalizer::Email)
+        .await
+        .unwrap();
+    assert_eq!(after.compute("ada@example.com"), ada);
+
+    // In a table: look a customer up by email without decrypting the column.
+    let customers = writer.encryptor("acme", "default", context(&[("table", "customers")]));
+    let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+    sqlx::query(
+        "CREATE TABLE customers (id INTEGER PRIMARY KEY, dek BLOB NOT NULL, \
+         email BLOB NOT NULL, email_bidx BLOB NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("CREATE INDEX customers_email ON customers (email_bidx)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for (id, email) in [(1_i64, "ada@example.com"), (2, "bob@example.com")] {
+        let rec = customers.record(format!("customers/{id}")).await.unwrap();
+        sqlx::query("INSERT INTO customers (id, dek, email, email_bidx) VALUES (?, ?, ?, ?)")
+            .bind(id)
+            .bind(rec.wrapped_key().as_bytes())
+            .bind(rec.encrypt("email", email).unwrap())
+            .bind(&w.compute(email)[..])
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let found = sqlx::query("SELECT id, dek, email FROM customers WHERE email_bidx = ?")
+        .bind(&r.compute("  ADA@example.com ")[..])
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1);
+    let id: i64 = found[0].get("id");
+    assert_eq!(id, 1);
+    let dek: Vec<u8> = found[0].get("dek");
+    let opened = server
+        .client(&acme.decrypt_only, CacheLimits::default())
+        .encryptor("acme", "default", context(&[("table", "customers")]))
+        .open("customers/1", &dek)
+        .await
+        .unwrap();
+    let email: String = opened
+        .decrypt("email", found[0].get::<EncryptedColumn, _>("email"))
+        .unwrap();
+    assert_eq!(email, "ada@example.com");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_calls_with_typed_answers_and_errors() {
+    use pqkms_client::{KeyConfig, MAX_REWRAP_BATCH, RotationPeriod};
+    let server = Server::start_with(|c| {
+        c.min_destroy_waiting_secs = 0;
+        c.lifecycle_interval_ms = 3_600_000;
+    })
+    .await;
+    let acme = server.tenant("acme").await;
+    let admin = server.client(&acme.admin, CacheLimits::default());
+    let app = server.client(&acme.app, CacheLimits::disabled());
+    let ctx = context(&[("table", "customers")]);
+    let enc = app.encryptor("acme", "default", ctx.clone());
+
+    // Three records on version 1.
+    let mut stored = Vec::new();
+    for i in 0..3 {
+        let rec = enc.record(format!("r{i}")).await.unwrap();
+        let field = rec.encrypt("f", &format!("value {i}")).unwrap();
+        stored.push((rec.wrapped_key().clone(), field));
+    }
+    let meta = admin.get_key("acme", "default").await.unwrap();
+    assert_eq!(
+        (meta.current_version, meta.min_decryption_version),
+        (Some(1), 1)
+    );
+
+    // Rotate: version 2, current; its fingerprint is what the metadata shows.
+    let rotated = admin.rotate_key("acme", "default").await.unwrap();
+    assert_eq!(rotated.version, 2);
+    let meta = admin.get_key("acme", "default").await.unwrap();
+    assert_eq!(meta.current_version, Some(2));
+    assert_eq!(meta.versions[1].fingerprint, rotated.fingerprint);
+    assert!(matches!(
+        app.rotate_key("acme", "default").await,
+        Err(Error::Forbidden(_))
+    ));
+
+    // Re-wrap one, then the rest in a batch with a bad item in the middle.
+    let one = app
+        .rewrap("acme", "default", stored[0].0.as_bytes(), &ctx)
+        .await
+        .unwrap();
+    assert_eq!((one.from_version, one.version), (1, 2));
+    assert_eq!(one.wrapped.key_ref().version, 2);
+    assert_ne!(one.wrapped, stored[0].0);
+    let other_ctx = context(&[("table", "orders")]);
+    let items: Vec<(&[u8], &pqkms_client::EncryptionContext)> = vec![
+        (stored[1].0.as_bytes(), &ctx),
+        (stored[2].0.as_bytes(), &other_ctx),
+        (b"not a wrapped key", &ctx),
+        (stored[2].0.as_bytes(), &ctx),
+    ];
+    let results = app.rewrap_batch("acme", "default", &items).await.unwrap();
+    assert_eq!(results.len(), 4);
+    assert!(matches!(&results[0], Ok(r) if r.from_version == 1 && r.version == 2));
+    match &results[1] {
+        Err(e @ Error::DecryptionFailed(s)) => {
+            assert_eq!(s.status, 422);
+            assert!(
+                s.request_id
+                    .as_deref()
+                    .is_some_and(|id| id.starts_with("req_"))
+            );
+            assert_eq!(e.code(), Some("decryption_failed"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(&results[2], Err(Error::DecryptionFailed(_))));
+    assert!(results[3].is_ok());
+    let empty = app.rewrap_batch("acme", "default", &[]).await.unwrap();
+    assert!(empty.is_empty());
+    // Over the service's item limit: refused locally, no request.
+    let too_many = vec![(stored[0].0.as_bytes(), &ctx); MAX_REWRAP_BATCH + 1];
+    let requests = app.stats().requests;
+    assert!(matches!(
+        app.rewrap_batch("acme", "default", &too_many).await,
+        Err(Error::Config(_))
+    ));
+    assert_eq!(app.stats().requests, requests);
+    // Only the decrypt role re-wraps.
+    assert!(matches!(
+        admin
+            .rewrap("acme", "default", stored[0].0.as_bytes(), &ctx)
+            .await,
+        Err(Error::Forbidden(_))
+    ));
+    // The moved records decrypt with their new wrapped keys; the data did not change.
+    let moved = [
+        one.wrapped.clone(),
+        results[0].as_ref().unwrap().wrapped.clone(),
+        results[3].as_ref().unwrap().wrapped.clone(),
+    ];
+    for (i, wrapped) in moved.iter().enumerate() {
+        let opened = enc.open(format!("r{i}"), wrapped.as_bytes()).await.unwrap();
+        assert_eq!(
+            opened.decrypt::<String>("f", &stored[i].1).unwrap(),
+            format!("value {i}")
+        );
+    }
+
+    // Retire version 1: the old wrapped keys are refused as retired, and still re-wrap.
+    let policy = admin
+        .configure_key(
+            "acme",
+            "default",
+            &KeyConfig {
+                min_decryption_version: Some(2),
+                rotation_period: Some(RotationPeriod::Every(Duration::from_secs(90 * 86_400))),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(policy.key, "default");
+    assert_eq!(policy.min_decryption_version, 2);
+    assert_eq!(policy.rotation_period_secs, Some(90 * 86_400));
+    assert!(policy.next_rotation_at.is_some());
+    let e = enc.open("r0", stored[0].0.as_bytes()).await.unwrap_err();
+    assert!(matches!(e, Error::VersionRetired(_)), "{e:?}");
+    assert!(
+        app.rewrap("acme", "default", stored[0].0.as_bytes(), &ctx)
+            .await
+            .is_ok()
+    );
+    let read = admin
+        .configure_key("acme", "default", &KeyConfig::default())
+        .await
+        .unwrap();
+    assert_eq!(read, policy, "an empty config changes nothing");
+    let meta = admin.get_key("acme", "default").await.unwrap();
+    assert_eq!(
+        (meta.min_decryption_version, meta.rotation_period_secs),
+        (2, Some(90 * 86_400))
+    );
+    let off = admin
+        .configure_key(
+            "acme",
+            "default",
+            &KeyConfig {
+                min_decryption_version: Some(1),
+                rotation_period: Some(RotationPeriod::Off),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (off.rotation_period_secs, off.next_rotation_at),
+        (None, None)
+    );
+    for bad in [
+        KeyConfig {
+            min_decryption_version: Some(3),
+            ..KeyConfig::default()
+        },
+        KeyConfig {
+            rotation_period: Some(RotationPeriod::Every(Duration::from_secs(30))),
+            ..KeyConfig::default()
+        },
+    ] {
+        assert!(matches!(
+            admin.configure_key("acme", "default", &bad).await,
+            Err(Error::BadRequest(_))
+        ));
+    }
+
+    // Disable / enable one version.
+    let changed = admin.disable_key("acme", "default", Some(1)).await.unwrap();
+    assert_eq!(
+        (changed.version, changed.state.as_str()),
+        (Some(1), "disabled")
+    );
+    let e = enc.open("r0", stored[0].0.as_bytes()).await.unwrap_err();
+    assert!(matches!(e, Error::KeyDisabled(_)), "{e:?}");
+    assert!(matches!(
+        admin.disable_key("acme", "default", Some(1)).await,
+        Err(Error::InvalidState(_))
+    ));
+    let changed = admin.enable_key("acme", "default", Some(1)).await.unwrap();
+    assert_eq!(changed.state, "enabled");
+    enc.open("r0", stored[0].0.as_bytes()).await.unwrap();
+    // The whole key: no data keys at all while disabled.
+    let all = admin.disable_key("acme", "default", None).await.unwrap();
+    assert_eq!(all.version, None);
+    assert!(matches!(enc.record("x").await, Err(Error::KeyDisabled(_))));
+    admin.enable_key("acme", "default", None).await.unwrap();
+
+    // Destruction: scheduled, visible in the metadata, cancelled, then carried out.
+    let scheduled = admin
+        .destroy_key("acme", "default", Some(1), Some(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    assert_eq!(scheduled.version, Some(1));
+    let meta = admin.get_key("acme", "default").await.unwrap();
+    assert_eq!(meta.versions[0].state, "pending_destruction");
+    assert_eq!(meta.versions[0].destroy_at, Some(scheduled.destroy_at));
+    let e = enc.open("r0", stored[0].0.as_bytes()).await.unwrap_err();
+    assert!(matches!(e, Error::KeyDisabled(_)), "{e:?}");
+    let cancelled = admin
+        .cancel_destroy_key("acme", "default", Some(1))
+        .await
+        .unwrap();
+    assert!(cancelled.cancelled);
+    assert!(matches!(
+        admin.cancel_destroy_key("acme", "default", Some(1)).await,
+        Err(Error::InvalidState(_))
+    ));
+    admin
+        .destroy_key("acme", "default", Some(1), Some(Duration::ZERO))
+        .await
+        .unwrap();
+    server.tick().await;
+    let meta = admin.get_key("acme", "default").await.unwrap();
+    assert_eq!(meta.versions[0].state, "destroyed");
+    assert!(meta.versions[0].destroyed_at.is_some());
+    let e = app
+        .rewrap("acme", "default", stored[0].0.as_bytes(), &ctx)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::KeyDestroyed(_)), "{e:?}");
+    // What was moved to version 2 in time is unaffected.
+    let opened = enc.open("r1", moved[1].as_bytes()).await.unwrap();
+    assert_eq!(
+        opened.decrypt::<String>("f", &stored[1].1).unwrap(),
+        "value 1"
+    );
+
+    // Root-key re-seal is the operator's (nothing to do: one root key).
+    let reseal = server.operator.reseal_root().await.unwrap();
+    assert_eq!((reseal.resealed, reseal.remaining), (0, 0));
+    assert!(matches!(
+        admin.reseal_root().await,
+        Err(Error::Forbidden(_))
+    ));
+    server.stop().await;
+}
+
+/// Issue 5: "a destroyed key surfaces as its own error" — against the real service, through the
+/// encryptor (decrypt and encrypt) and the low-level calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroyed_key_is_key_destroyed() {
+    let server = Server::start_with(|c| {
+        c.min_destroy_waiting_secs = 0;
+        c.lifecycle_interval_ms = 3_600_000;
+    })
+    .await;
+    let acme = server.tenant("acme").await;
+    let admin = server.client(&acme.admin, CacheLimits::default());
+    let ctx = context(&[("table", "customers")]);
+    let cached = server.client(&acme.app, CacheLimits::default());
+    let enc = cached.encryptor("acme", "default", ctx.clone());
+    let rec = enc.record("customers/1").await.unwrap();
+    let email = rec.encrypt("email", "ada@example.com").unwrap();
+    let dek = rec.wrapped_key().as_bytes().to_vec();
+    enc.open("customers/1", &dek).await.unwrap();
+
+    // The waiting period is the shortest this service allows (0 s here): due at once.
+    let scheduled = admin
+        .destroy_key("acme", "default", None, Some(Duration::ZERO))
+        .await
+        .unwrap();
+    server.tick().await;
+
+    let fresh = server.client(&acme.app, CacheLimits::disabled());
+    let fresh_enc = fresh.encryptor("acme", "default", ctx.clone());
+    let e = fresh_enc.open("customers/1", &dek).await.unwrap_err();
+    let Error::KeyDestroyed(details) = &e else {
+        panic!("expected KeyDestroyed, got {e:?}");
+    };
+    assert_eq!(
+        (details.status, details.code.as_str()),
+        (410, "key_destroyed")
+    );
+    let at = details.destroyed_at.expect("destroyed_at");
+    assert!(
+        at >= scheduled.destroy_at,
+        "{at} vs {}",
+        scheduled.destroy_at
+    );
+    assert!(e.to_string().contains("key_destroyed"), "{e}");
+    // New records and the low-level calls: the same error.
+    assert!(matches!(
+        fresh_enc.record("customers/2").await,
+        Err(Error::KeyDestroyed(_))
+    ));
+    assert!(matches!(
+        fresh.decrypt_data_key("acme", "default", &dek, &ctx).await,
+        Err(Error::KeyDestroyed(_))
+    ));
+    assert!(matches!(
+        fresh.public_key("acme", "default").await,
+        Err(Error::KeyDestroyed(_))
+    ));
+    assert!(matches!(
+        fresh
+            .blind_index("acme", "default", "email", pqkms_client::Normalizer::Email)
+            .await,
+        Err(Error::KeyDestroyed(_))
+    ));
+    // As documented: a key already in a client's cache keeps decrypting until it leaves the
+    // cache (max_age, or clear_cache); then the service's answer applies.
+    let opened = enc.open("customers/1", &dek).await.unwrap();
+    assert_eq!(
+        opened.decrypt::<String>("email", &email).unwrap(),
+        "ada@example.com"
+    );
+    cached.clear_cache();
+    assert!(matches!(
+        enc.open("customers/1", &dek).await,
+        Err(Error::KeyDestroyed(_))
+    ));
+    server.stop().await;
+}
+
+/// `EncryptedColumn` in a real PostgreSQL `BYTEA` column, through sqlx. Needs
+/// `PQKMS_TEST_POSTGRES_URL` (CI sets it; then an unreachable server fails the test); without it
+/// the test says so on stderr and passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_columns_in_postgres() {
+    use sqlx::Row;
+    let Ok(url) = std::env::var("PQKMS_TEST_POSTGRES_URL") else {
+        eprintln!(
+            "WARNING: PQKMS_TEST_POSTGRES_URL is not set: PostgreSQL EncryptedColumn test skipped \
+             (CI sets it)"
+        );
+        return;
+    };
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at PQKMS_TEST_POSTGRES_URL is unreachable: {e}"));
+    let mut id = [0u8; 6];
+    getrandom::fill(&mut id).unwrap();
+    let table = format!(
+        "pqkms_client_test_{}",
+        id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    // Only the table name is generated; every value below is bound.
+    let sql = |s: String| sqlx::AssertSqlSafe(s);
+    sqlx::query(sql(format!(
+        "CREATE TABLE {table} (id BIGINT PRIMARY KEY, dek BYTEA NOT NULL, \
+         email BYTEA NOT NULL, balance BYTEA)"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let server = Server::start().await;
+    let acme = server.tenant("acme").await;
+    let client = server.client(&acme.app, CacheLimits::default());
+    let (db, name) = (pool.clone(), table.clone());
+    let result = async move {
+        let (pool, table) = (db, name);
+        let customers = client.encryptor("acme", "default", context(&[("table", "customers")]));
+        let sql = |s: String| sqlx::AssertSqlSafe(s);
+        for (id, email, balance) in [
+            (1_i64, "ada@example.com", Some(10_i64)),
+            (2, "bob@example.com", None),
+        ] {
+            let rec = customers.record(format!("customers/{id}")).await.unwrap();
+            let email: EncryptedColumn = rec.encrypt("email", email).unwrap();
+            let balance: Option<EncryptedColumn> =
+                balance.map(|b| rec.encrypt("balance", &b).unwrap());
+            sqlx::query(sql(format!(
+                "INSERT INTO {table} (id, dek, email, balance) VALUES ($1, $2, $3, $4)"
+            )))
+            .bind(id)
+            .bind(rec.wrapped_key().as_bytes())
+            .bind(&email)
+            .bind(balance)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        let rows = sqlx::query(sql(format!(
+            "SELECT id, dek, email, balance, octet_length(email) AS n FROM {table} ORDER BY id"
+        )))
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        for row in rows {
+            let id: i64 = row.get("id");
+            let dek: Vec<u8> = row.get("dek");
+            let email: EncryptedColumn = row.get("email");
+            let n: i32 = row.get("n");
+            assert_eq!(usize::try_from(n).unwrap(), email.as_bytes().len());
+            let balance: Option<EncryptedColumn> = row.get("balance");
+            let opened = customers
+                .open(format!("customers/{id}"), &dek)
+                .await
+                .unwrap();
+            out.push((
+                id,
+                opened.decrypt::<String>("email", &email).unwrap(),
+                balance.map(|b| opened.decrypt::<i64>("balance", b).unwrap()),
+            ));
+        }
+        assert_eq!(
+            out,
+            vec![
+                (1, "ada@example.com".to_owned(), Some(10)),
+                (2, "bob@example.com".to_owned(), None)
+            ]
+        );
+        let scalar: EncryptedColumn =
+            sqlx::query_scalar(sql(format!("SELECT email FROM {table} WHERE id = $1")))
+                .bind(1_i64)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert!(scalar.data_key_id().is_some());
+    };
+    // Drop the table whatever happened, then report.
+    let outcome = tokio::spawn(result).await;
+    sqlx::query(sql(format!("DROP TABLE IF EXISTS {table}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    server.stop().await;
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// The decrypt cache is keyed on the wrapped key's tag; a blob that shares the tag but differs
+/// elsewhere must still go to the service (and be refused), never hit the cached key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_wrapped_key_never_hits_the_decrypt_cache() {
+    let server = Server::start().await;
+    let acme = server.tenant("acme").await;
+    let client = server.client(&acme.app, CacheLimits::default());
+    let enc = client.encryptor("acme", "default", context(&[("t", "x")]));
+    let rec = enc.record("r").await.unwrap();
+    let dek = rec.wrapped_key().as_bytes().to_vec();
+    enc.open("r", &dek).await.unwrap();
+    enc.open("r", &dek).await.unwrap();
+    let s = client.stats();
+    assert_eq!((s.data_keys_decrypted, s.decrypt_cache_hits), (1, 1));
+    for i in [0, 10, 60, 500, dek.len() - 17] {
+        let mut bad = dek.clone();
+        bad[i] ^= 0x80;
+        let e = enc.open("r", &bad).await.unwrap_err();
+        assert!(matches!(e, Error::DecryptionFailed(_)), "byte {i}: {e:?}");
+    }
+    let s = client.stats();
+    assert_eq!((s.data_keys_decrypted, s.decrypt_cache_hits), (6, 1));
+    // The genuine key still hits.
+    enc.open("r", &dek).await.unwrap();
+    assert_eq!(client.stats().decrypt_cache_hits, 2);
+    server.stop().await;
 }

@@ -192,6 +192,13 @@ async fn every_service_code_maps_to_its_variant() {
         (403, "forbidden", |e| matches!(e, Error::Forbidden(_))),
         (404, "not_found", |e| matches!(e, Error::NotFound(_))),
         (409, "conflict", |e| matches!(e, Error::Conflict(_))),
+        (409, "key_disabled", |e| matches!(e, Error::KeyDisabled(_))),
+        (409, "version_retired", |e| {
+            matches!(e, Error::VersionRetired(_))
+        }),
+        (409, "invalid_state", |e| {
+            matches!(e, Error::InvalidState(_))
+        }),
         (413, "body_too_large", |e| {
             matches!(e, Error::BodyTooLarge(_))
         }),
@@ -222,10 +229,10 @@ async fn every_service_code_maps_to_its_variant() {
         assert_eq!(s.request_id.as_deref(), Some("req_00000000000000ff"));
         assert!(e.to_string().contains(code));
     }
-    // A destroyed key is its own error through the encryptor too.
+    // A destroyed key is its own error through the encryptor too, with when it was destroyed.
     let (base, _) = fake(vec![(
         410,
-        r#"{"error":{"code":"key_destroyed","message":"this key version was destroyed"}}"#,
+        r#"{"error":{"code":"key_destroyed","message":"this key version was destroyed","destroyed_at":1796419639774}}"#,
     )])
     .await;
     let c = client(&base, RetryPolicy::none());
@@ -235,6 +242,10 @@ async fn every_service_code_maps_to_its_variant() {
         .await
         .unwrap_err();
     assert!(matches!(e, Error::KeyDestroyed(_)), "{e:?}");
+    assert_eq!(
+        e.service_error().and_then(|s| s.destroyed_at),
+        Some(1_796_419_639_774)
+    );
     // A body without the error shape still maps by status.
     let (base, _) = fake(vec![(410, "gone")]).await;
     let e = client(&base, RetryPolicy::none())

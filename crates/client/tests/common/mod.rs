@@ -28,12 +28,18 @@ pub struct Tenant {
 
 impl Server {
     pub async fn start() -> Server {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Start with a config tweak (e.g. no minimum destruction waiting period).
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = Config {
+        let mut config = Config {
             bind: "127.0.0.1:0".parse().expect("addr"),
             data_dir: dir.path().join("data"),
             ..Config::default()
         };
+        tweak(&mut config);
         let running = start(&config).await.expect("server starts");
         let token = std::fs::read_to_string(config.data_dir.join("operator.token"))
             .expect("operator token written");
@@ -45,6 +51,14 @@ impl Server {
             running: Some(running),
             _dir: dir,
         }
+    }
+
+    /// One pass of the service's lifecycle worker now (due destructions, scheduled rotations).
+    pub async fn tick(&self) {
+        let state = &self.running.as_ref().expect("running").state;
+        pqkms::http::lifecycle_tick(state)
+            .await
+            .expect("lifecycle pass");
     }
 
     pub async fn stop(mut self) {
