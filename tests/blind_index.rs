@@ -504,3 +504,56 @@ async fn field_keys_die_with_the_key() {
         s.stop().await;
     }
 }
+
+/// A version that holds the index secret is never destroyed with it while another enabled version
+/// could hold it: a disabled holder (whose secret cannot be opened to move) is refused until it is
+/// enabled, and then the secret moves and every field key stays the same.
+#[tokio::test]
+async fn a_disabled_holder_is_not_destroyed_with_the_secret() {
+    for backend in backends() {
+        let s = TestServer::start(backend).await;
+        let t = s.tenant("acme").await;
+        let before = field_key(&s, &t.encrypt, "acme", "default", "email").await;
+        assert_eq!(secret_version(&s, "acme", "default").await, Some(1));
+        // Only version: disabling it cannot move the secret anywhere, so it stays on v1.
+        admin_post(&s, &t, "default", "disable", json!({ "version": 1 })).await;
+        admin_post(&s, &t, "default", "rotate", json!({})).await;
+        assert_eq!(secret_version(&s, "acme", "default").await, Some(1));
+        let (st, v) = s
+            .call(
+                Method::POST,
+                "/v1/tenants/acme/keys/default/destroy",
+                Some(&t.admin),
+                Some(json!({ "version": 1, "waiting_period": "7d" })),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CONFLICT, "{v}");
+        assert_eq!(code(&v), "invalid_state", "{v}");
+        // Nothing changed: v1 is still disabled, not pending destruction.
+        let (_, meta) = s
+            .call(
+                Method::GET,
+                "/v1/tenants/acme/keys/default",
+                Some(&t.admin),
+                None,
+            )
+            .await;
+        assert_eq!(meta["versions"][0]["state"], "disabled", "{meta}");
+        // Enable v1, destroy it: the secret moves to v2 first, field keys unchanged.
+        admin_post(&s, &t, "default", "enable", json!({ "version": 1 })).await;
+        admin_post(
+            &s,
+            &t,
+            "default",
+            "destroy",
+            json!({ "version": 1, "waiting_period": "7d" }),
+        )
+        .await;
+        assert_eq!(secret_version(&s, "acme", "default").await, Some(2));
+        assert_eq!(
+            field_key(&s, &t.encrypt, "acme", "default", "email").await,
+            before
+        );
+        s.stop().await;
+    }
+}

@@ -35,7 +35,9 @@ use super::handlers::{
 };
 use super::{ApiError, ApiJson, ApiPath as Path, AppState, Auth, RequestId};
 use crate::auth::Action;
-use crate::store::{BlindIndexSecretRow, KeyRow, Read, TenantRow, VersionRow};
+use std::sync::Arc;
+
+use crate::store::{BlindIndexSecretRow, KeyRow, Read, TenantRow, VersionRow, guard};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -103,7 +105,12 @@ pub async fn blind_index_key(
     entry.detail = Some(detail.to_string());
     // Fail closed: the field key leaves only after its audit entry is committed (refusals are
     // recorded too, as for decrypt).
-    state.store.append_audit(entry).await?;
+    // The guard: the token and the key's version states this was decided on must still hold at
+    // that commit (a revocation or disable on another node meanwhile releases nothing).
+    state
+        .store
+        .append_key_use(entry, guard(&p.token_id, &k, &secret.versions))
+        .await?;
     let (_, index_secret) = match secret.opened {
         // The secret is the service's own: one that does not open is a server-side problem.
         Opened::Unopenable => {
@@ -122,6 +129,8 @@ pub async fn blind_index_key(
 /// The key's index secret as opened, and what this request did to it.
 struct IndexSecret {
     opened: Opened,
+    /// The key's versions as read for this decision.
+    versions: Arc<Vec<VersionRow>>,
     created: bool,
     moved_to: Option<i64>,
 }
@@ -184,6 +193,7 @@ async fn index_secret(state: &AppState, t: &TenantRow, k: &KeyRow) -> ApiResult<
     }
     Ok(IndexSecret {
         opened,
+        versions,
         created,
         moved_to,
     })

@@ -137,7 +137,9 @@ where
     Fut: std::future::Future<Output = ApiResult<Response>>,
 {
     match attempt(Read::Cached).await {
-        Err(ApiError::Stale) => attempt(Read::Fresh).await,
+        // A 404 is re-decided too: the caller's token may have been revoked on another node, and
+        // a revoked token must get 401, not learn which names exist.
+        Err(ApiError::Stale | ApiError::NotFound(_)) => attempt(Read::Fresh).await,
         other => other,
     }
 }

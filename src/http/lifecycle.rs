@@ -20,7 +20,7 @@ use super::{ApiError, ApiJson, ApiPath as Path, AppState, Auth, RequestId};
 use crate::auth::Action;
 use crate::config::parse_duration_secs;
 use crate::keys::{key_id, tenant_id};
-use crate::store::{Read, StoreError, Versions};
+use crate::store::{Read, StoreError, Versions, guard};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -30,9 +30,17 @@ const MAX_BATCH: usize = 100;
 const DEFAULT_WAITING_SECS: i64 = 30 * 86_400;
 
 fn not_in_state(what: &'static str) -> impl Fn(StoreError) -> ApiError {
-    move |e| match e {
+    move |e| {
+        match e {
         StoreError::NotFound => ApiError::KeyState("invalid_state", what.into()),
+        // blind_index_secret_leaving: the version holds the blind-index secret and it could not
+        // be moved to another enabled version (the holding version is disabled, or it raced).
+        StoreError::Conflict => ApiError::KeyState(
+            "invalid_state",
+            "this version holds the key's blind-index secret, which could not be moved to another enabled version; enable this version first (the secret then moves), or retry".into(),
+        ),
         e => e.into(),
+    }
     }
 }
 
@@ -172,7 +180,10 @@ async fn rewrap_one(
         other => {
             entry.version = other.version();
             entry.outcome = other.outcome().into();
-            state.store.append_audit(entry).await?;
+            state
+                .store
+                .append_key_use(entry, guard(&p.token_id, k, &versions))
+                .await?;
             return Err(other.into_result().err().unwrap_or(ApiError::Unopenable));
         }
     };
@@ -190,12 +201,18 @@ async fn rewrap_one(
         Err(e) => {
             entry.version = Some(from);
             entry.outcome = "refused".into();
-            state.store.append_audit(entry).await?;
+            state
+                .store
+                .append_key_use(entry, guard(&p.token_id, k, &versions))
+                .await?;
             return Err(e);
         }
     };
     entry.version = Some(target);
-    state.store.append_audit(entry).await?;
+    state
+        .store
+        .append_key_use(entry, guard(&p.token_id, k, &versions))
+        .await?;
     Ok(
         json!({ "wrapped_key": B64.encode(wrapped.as_bytes()), "version": target, "from_version": from }),
     )
@@ -319,20 +336,31 @@ async fn change_state(
     authorize(&p, Action::ManageKeys(&tenant_name))?;
     let t = tenant(&state, &tenant_name, Read::Fresh).await?;
     let k = key(&state, &t, &key_name, Read::Fresh).await?;
-    if to == "disabled" {
-        // The blind-index secret moves off a version being disabled (see blind_index.rs).
-        super::blind_index::keep_from_version(&state, &t, &k, version).await?;
-    }
     let mut entry = audit(&p, &req, op, Some(&tenant_name));
     entry.key = Some(key_name.clone());
     entry.version = version;
-    state
-        .store
-        .set_state(&k.id, versions(version), from, to, entry)
-        .await
-        .map_err(not_in_state(
-            "no version of this key is in a state this applies to",
-        ))?;
+    let mut attempts = 0;
+    loop {
+        if to == "disabled" {
+            // The blind-index secret moves off a version being disabled (see blind_index.rs).
+            super::blind_index::keep_from_version(&state, &t, &k, version).await?;
+        }
+        attempts += 1;
+        match state
+            .store
+            .set_state(&k.id, versions(version), from, to, entry.clone())
+            .await
+        {
+            // A concurrent request moved the blind-index secret onto this version: move it again.
+            Err(StoreError::Conflict) if attempts < 3 => continue,
+            other => {
+                other.map_err(not_in_state(
+                    "no version of this key is in a state this applies to",
+                ))?;
+                break;
+            }
+        }
+    }
     state.directory.forget_key(&k.id);
     if to != "enabled" {
         evict(&state, &k.id, version).await?;
@@ -420,25 +448,36 @@ pub async fn destroy(
     }
     let t = tenant(&state, &tenant_name, Read::Fresh).await?;
     let k = key(&state, &t, &key_name, Read::Fresh).await?;
-    // The blind-index secret moves off a version being destroyed alone (see blind_index.rs).
-    super::blind_index::keep_from_version(&state, &t, &k, body.version).await?;
     let destroy_at = crate::now_ms() + wait * 1000;
     let mut entry = audit(&p, &req, "key.destroy.schedule", Some(&tenant_name));
     entry.key = Some(key_name.clone());
     entry.version = body.version;
     entry.detail =
         Some(json!({ "destroy_at": destroy_at, "waiting_period_secs": wait }).to_string());
-    state
-        .store
-        .schedule_destroy(
-            &k.id,
-            versions(body.version),
-            destroy_at,
-            &p.token_id,
-            entry,
-        )
-        .await
-        .map_err(not_in_state("no enabled or disabled version to schedule"))?;
+    let mut attempts = 0;
+    loop {
+        // The blind-index secret moves off a version being destroyed alone (see blind_index.rs).
+        super::blind_index::keep_from_version(&state, &t, &k, body.version).await?;
+        attempts += 1;
+        match state
+            .store
+            .schedule_destroy(
+                &k.id,
+                versions(body.version),
+                destroy_at,
+                &p.token_id,
+                entry.clone(),
+            )
+            .await
+        {
+            // A concurrent request moved the blind-index secret onto this version: move it again.
+            Err(StoreError::Conflict) if attempts < 3 => continue,
+            other => {
+                other.map_err(not_in_state("no enabled or disabled version to schedule"))?;
+                break;
+            }
+        }
+    }
     state.directory.forget_key(&k.id);
     evict(&state, &k.id, body.version).await?;
     Ok(

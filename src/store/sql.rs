@@ -238,25 +238,36 @@ async fn group_commit(
 ) {
     let mut group: Vec<PendingAppend> = Vec::with_capacity(MAX_GROUP);
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let batch: Vec<PendingAppend> = std::mem::take(&mut group);
-        match commit_group(&pool, batch).await {
-            Ok(written) => {
+        // Requests that are gone (timed out, client hung up) released nothing: no entry for them.
+        let batch: Vec<PendingAppend> = std::mem::take(&mut group)
+            .into_iter()
+            .filter(|p| !p.done.is_closed())
+            .collect();
+        if batch.is_empty() {
+            continue;
+        }
+        // Its own task: a panic inside fails this group's requests (their answers are dropped,
+        // which they see as an error), not the writer.
+        match tokio::spawn(commit_group(pool.clone(), batch)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(written)) => {
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats.entries.fetch_add(written, Ordering::Relaxed);
             }
-            Err(e) => tracing::error!(error = %e, "audit group commit failed"),
+            Ok(Err(e)) => tracing::error!(error = %e, "audit group commit failed"),
+            Err(e) => tracing::error!(error = %e, "audit group commit panicked"),
         }
     }
 }
 
 /// Check guards, write the entries that pass, answer every waiter. Returns how many were written.
-async fn commit_group(pool: &AnyPool, batch: Vec<PendingAppend>) -> StoreResult<u64> {
+async fn commit_group(pool: AnyPool, batch: Vec<PendingAppend>) -> StoreResult<u64> {
     let fail_all = |batch: Vec<PendingAppend>, e: &StoreError| {
         for p in batch {
             let _ = p.done.send(Err(e.clone()));
         }
     };
-    let (mut tx, seq, hash) = match begin_audited(pool).await {
+    let (mut tx, seq, hash) = match begin_audited(&pool).await {
         Ok(t) => t,
         Err(e) => {
             fail_all(batch, &e);
@@ -317,10 +328,12 @@ async fn guards_holding(
     key_ids.dedup();
 
     let sql = format!(
-        "SELECT id FROM tokens WHERE revoked_at IS NULL AND id IN ({})",
-        placeholders(1, token_ids.len())
+        "SELECT id FROM tokens WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) \
+         AND id IN ({})",
+        placeholders(2, token_ids.len())
     );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    // Expiry at commit time: an entry that waited past its token's expiry releases nothing.
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(crate::now_ms());
     for id in &token_ids {
         q = q.bind(*id);
     }
@@ -431,6 +444,32 @@ async fn finish_if_changed(
     SqlStore::commit_audited(tx, seq, hash, audit).await
 }
 
+/// Inside a state change that takes one version out of use: refuse (`Conflict`, rolled back by the
+/// caller) if the key's blind-index secret is wrapped to that version while another enabled
+/// version exists to hold it. The handler moves the secret first; this catches a concurrent move
+/// back onto the version. Both run under the audit-head lock, so the check cannot miss one.
+async fn blind_index_secret_leaving(
+    tx: &mut Transaction<'static, Any>,
+    key_id: &str,
+    versions: Versions,
+) -> StoreResult<bool> {
+    let Versions::One(version) = versions else {
+        // The whole key goes: its blind indexes go with it.
+        return Ok(false);
+    };
+    let row = sqlx::query(
+        "SELECT 1 AS held FROM blind_index_secrets b WHERE b.key_id = $1 AND b.version = $2 \
+         AND EXISTS (SELECT 1 FROM key_versions v WHERE v.key_id = $1 AND v.version <> $2 \
+         AND v.state = 'enabled')",
+    )
+    .bind(key_id)
+    .bind(version)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db_err)?;
+    Ok(row.is_some())
+}
+
 fn tenant_row(r: &AnyRow) -> StoreResult<TenantRow> {
     Ok(TenantRow {
         id: r.try_get("id").map_err(db_err)?,
@@ -511,6 +550,10 @@ macro_rules! select_versions {
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> StoreResult<()> {
+        // Not ready without a writer: every key use would fail.
+        if self.appender.is_closed() {
+            return Err(StoreError::Database("audit writer stopped".into()));
+        }
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
@@ -795,6 +838,10 @@ impl Store for SqlStore {
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+        if to != "enabled" && blind_index_secret_leaving(&mut tx, key_id, versions).await? {
+            tx.rollback().await.map_err(db_err)?;
+            return Err(StoreError::Conflict);
+        }
         finish_if_changed(tx, done.rows_affected(), seq, &hash, audit).await
     }
 
@@ -830,6 +877,10 @@ impl Store for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;
+        }
+        if blind_index_secret_leaving(&mut tx, key_id, versions).await? {
+            tx.rollback().await.map_err(db_err)?;
+            return Err(StoreError::Conflict);
         }
         finish_if_changed(tx, done.rows_affected(), seq, &hash, audit).await
     }
@@ -1060,17 +1111,23 @@ impl Store for SqlStore {
 
     async fn insert_blind_index_secret(&self, row: &super::BlindIndexSecretRow) -> StoreResult<()> {
         // One statement decides which of several concurrent first requests wins.
+        // Under the audit-head lock, like every state change: the target version is enabled at
+        // commit, and a concurrent disable or destruction of it is ordered before or after.
+        let (mut tx, _, _) = self.begin_audited().await?;
         sqlx::query(
             "INSERT INTO blind_index_secrets (key_id, version, wrapped, created_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING",
+             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM key_versions \
+             WHERE key_id = $1 AND version = $2 AND state = 'enabled') \
+             ON CONFLICT (key_id) DO NOTHING",
         )
         .bind(&row.key_id)
         .bind(row.version)
         .bind(&row.wrapped)
         .bind(row.created_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
         Ok(())
     }
 
@@ -1081,17 +1138,22 @@ impl Store for SqlStore {
         to_version: i64,
         wrapped: &[u8],
     ) -> StoreResult<bool> {
+        // Under the audit-head lock, and only onto a version still enabled at commit: a move can
+        // never land on a version that a concurrent disable or destruction takes out of use.
+        let (mut tx, _, _) = self.begin_audited().await?;
         let done = sqlx::query(
             "UPDATE blind_index_secrets SET version = $1, wrapped = $2 \
-             WHERE key_id = $3 AND version = $4",
+             WHERE key_id = $3 AND version = $4 AND EXISTS (SELECT 1 FROM key_versions \
+             WHERE key_id = $3 AND version = $1 AND state = 'enabled')",
         )
         .bind(to_version)
         .bind(wrapped)
         .bind(key_id)
         .bind(from_version)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
         Ok(done.rows_affected() == 1)
     }
 }
