@@ -324,6 +324,32 @@ pub struct VersionSelector {
     version: Option<i64>,
 }
 
+/// Run `change`, which takes `leaving` (one version, or `None`: nothing to keep) out of use, after
+/// moving the key's blind-index secret off that version (see blind_index.rs). The store refuses
+/// the change (`Conflict`) if a concurrent request moved the secret back meanwhile: move it again
+/// and retry, up to three times. The outer error is the move's, the inner one the change's.
+async fn moving_blind_index_secret<T, F, Fut>(
+    state: &AppState,
+    t: &crate::store::TenantRow,
+    k: &crate::store::KeyRow,
+    leaving: Option<i64>,
+    mut change: F,
+) -> ApiResult<Result<T, StoreError>>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempts = 0;
+    loop {
+        super::blind_index::keep_from_version(state, t, k, leaving).await?;
+        attempts += 1;
+        match change().await {
+            Err(StoreError::Conflict) if attempts < 3 => continue,
+            done => return Ok(done),
+        }
+    }
+}
+
 async fn change_state(
     state: AppState,
     req: RequestId,
@@ -339,28 +365,17 @@ async fn change_state(
     let mut entry = audit(&p, &req, op, Some(&tenant_name));
     entry.key = Some(key_name.clone());
     entry.version = version;
-    let mut attempts = 0;
-    loop {
-        if to == "disabled" {
-            // The blind-index secret moves off a version being disabled (see blind_index.rs).
-            super::blind_index::keep_from_version(&state, &t, &k, version).await?;
-        }
-        attempts += 1;
-        match state
+    // Disabling a version moves the blind-index secret off it first.
+    let leaving = if to == "disabled" { version } else { None };
+    moving_blind_index_secret(&state, &t, &k, leaving, || {
+        state
             .store
             .set_state(&k.id, versions(version), from, to, entry.clone())
-            .await
-        {
-            // A concurrent request moved the blind-index secret onto this version: move it again.
-            Err(StoreError::Conflict) if attempts < 3 => continue,
-            other => {
-                other.map_err(not_in_state(
-                    "no version of this key is in a state this applies to",
-                ))?;
-                break;
-            }
-        }
-    }
+    })
+    .await?
+    .map_err(not_in_state(
+        "no version of this key is in a state this applies to",
+    ))?;
     state.directory.forget_key(&k.id);
     if to != "enabled" {
         evict(&state, &k.id, version).await?;
@@ -454,30 +469,17 @@ pub async fn destroy(
     entry.version = body.version;
     entry.detail =
         Some(json!({ "destroy_at": destroy_at, "waiting_period_secs": wait }).to_string());
-    let mut attempts = 0;
-    loop {
-        // The blind-index secret moves off a version being destroyed alone (see blind_index.rs).
-        super::blind_index::keep_from_version(&state, &t, &k, body.version).await?;
-        attempts += 1;
-        match state
-            .store
-            .schedule_destroy(
-                &k.id,
-                versions(body.version),
-                destroy_at,
-                &p.token_id,
-                entry.clone(),
-            )
-            .await
-        {
-            // A concurrent request moved the blind-index secret onto this version: move it again.
-            Err(StoreError::Conflict) if attempts < 3 => continue,
-            other => {
-                other.map_err(not_in_state("no enabled or disabled version to schedule"))?;
-                break;
-            }
-        }
-    }
+    moving_blind_index_secret(&state, &t, &k, body.version, || {
+        state.store.schedule_destroy(
+            &k.id,
+            versions(body.version),
+            destroy_at,
+            &p.token_id,
+            entry.clone(),
+        )
+    })
+    .await?
+    .map_err(not_in_state("no enabled or disabled version to schedule"))?;
     state.directory.forget_key(&k.id);
     evict(&state, &k.id, body.version).await?;
     Ok(
