@@ -977,12 +977,7 @@ impl Client {
         key: &str,
         version: Option<u32>,
     ) -> Result<KeyStateChange> {
-        self.call_json(
-            Method::POST,
-            &["v1", "tenants", tenant, "keys", key, "disable"],
-            Some(json!({ "version": version })),
-        )
-        .await
+        self.set_key_state(tenant, key, version, "disable").await
     }
 
     /// `POST /v1/tenants/{tenant}/keys/{key}/enable` (tenant-admin): undo [`Client::disable_key`].
@@ -992,9 +987,20 @@ impl Client {
         key: &str,
         version: Option<u32>,
     ) -> Result<KeyStateChange> {
+        self.set_key_state(tenant, key, version, "enable").await
+    }
+
+    /// `disable` / `enable`: the same request shape on two routes.
+    async fn set_key_state(
+        &self,
+        tenant: &str,
+        key: &str,
+        version: Option<u32>,
+        action: &str,
+    ) -> Result<KeyStateChange> {
         self.call_json(
             Method::POST,
-            &["v1", "tenants", tenant, "keys", key, "enable"],
+            &["v1", "tenants", tenant, "keys", key, action],
             Some(json!({ "version": version })),
         )
         .await
