@@ -10,7 +10,8 @@
 //!
 //! | group          | ids                                                                        |
 //! |----------------|----------------------------------------------------------------------------|
-//! | `x25519`       | `keygen` (public key from secret: base-point mult), `dh`                   |
+//! | `x25519`       | `keygen` (public key from secret: base-point mult), `dh` (AWS-LC, as used) |
+//! | `x25519_dalek` | `keygen`, `dh`: the x25519-dalek ladder it replaced, side by side          |
 //! | `mlkem768`     | `{keygen,encaps,decaps}/{libcrux,rustcrypto}`,                             |
 //! |                | `{encaps,decaps}/libcrux_unpacked` (x86-64 with AVX2 only)                 |
 //! | `sha3`         | `sha3_256/134` (the X-Wing combiner input)                                 |
@@ -26,6 +27,7 @@ use std::hint::black_box;
 use aes_gcm::aead::inout::InOutBuf;
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hkdf::Hkdf;
 use libcrux_ml_kem::mlkem768;
@@ -35,7 +37,6 @@ use pqkms_envelope::{
     WrappedDataKey,
 };
 use sha2::Sha256;
-use x25519_dalek::{PublicKey, StaticSecret};
 
 /// Fixed, arbitrary inputs: the benchmarks measure speed, not randomness.
 const KEYGEN_SEED: [u8; 64] = [0x5a; 64];
@@ -61,15 +62,28 @@ fn key_ref() -> KeyRef {
     }
 }
 
-fn x25519_public(scalar: [u8; 32]) -> [u8; 32] {
-    PublicKey::from(&StaticSecret::from(scalar)).to_bytes()
+/// An X25519 scalar as the envelope crate holds it (AWS-LC).
+fn x25519_secret(scalar: [u8; 32]) -> PrivateKey {
+    PrivateKey::from_private_key(&X25519, &scalar).expect("32-byte scalar")
 }
 
-/// X25519 as the envelope crate uses it: DH plus the contributory check.
-fn x25519_dh(secret: &StaticSecret, peer: &[u8; 32]) -> [u8; 32] {
-    let shared = secret.diffie_hellman(&PublicKey::from(*peer));
-    assert!(shared.was_contributory());
-    shared.to_bytes()
+/// `X25519(scalar, 9)` as the envelope crate computes it: scalar in, public key out.
+fn x25519_public(scalar: [u8; 32]) -> [u8; 32] {
+    let public = x25519_secret(scalar)
+        .compute_public_key()
+        .expect("public key");
+    <[u8; 32]>::try_from(public.as_ref()).expect("32 bytes")
+}
+
+/// X25519 as the envelope crate uses it: DH plus the contributory check (AWS-LC refuses zero).
+fn x25519_dh(secret: &PrivateKey, peer: &[u8; 32]) -> [u8; 32] {
+    let mut shared = [0u8; 32];
+    agreement::agree(secret, UnparsedPublicKey::new(&X25519, peer), (), |s| {
+        shared.copy_from_slice(s);
+        Ok(())
+    })
+    .expect("contributory");
+    shared
 }
 
 /// The X-Wing combiner: SHA3-256 over `ss_M || ss_X || ct_X || pk_X || label` (134 bytes).
@@ -81,13 +95,34 @@ fn combiner_input() -> [u8; 134] {
 
 fn bench_x25519(c: &mut Criterion) {
     let mut g = c.benchmark_group("x25519");
-    let secret = StaticSecret::from(X25519_SCALAR);
+    let secret = x25519_secret(X25519_SCALAR);
     let peer = x25519_public(X25519_PEER_SCALAR);
+    g.bench_function("keygen", |b| {
+        b.iter(|| x25519_public(black_box(X25519_SCALAR)))
+    });
+    g.bench_function("dh", |b| {
+        b.iter(|| x25519_dh(black_box(&secret), black_box(&peer)))
+    });
+    g.finish();
+
+    // The implementation the envelope crate used before, in the same run (docs/CRYPTO.md).
+    use x25519_dalek::{PublicKey, StaticSecret};
+    let mut g = c.benchmark_group("x25519_dalek");
+    let secret = StaticSecret::from(X25519_SCALAR);
+    let peer = PublicKey::from(peer);
+    assert_eq!(
+        secret.diffie_hellman(&peer).to_bytes(),
+        x25519_dh(&x25519_secret(X25519_SCALAR), peer.as_bytes())
+    );
     g.bench_function("keygen", |b| {
         b.iter(|| PublicKey::from(&StaticSecret::from(black_box(X25519_SCALAR))).to_bytes())
     });
     g.bench_function("dh", |b| {
-        b.iter(|| x25519_dh(black_box(&secret), black_box(&peer)))
+        b.iter(|| {
+            let shared = black_box(&secret).diffie_hellman(black_box(&peer));
+            assert!(shared.was_contributory());
+            shared.to_bytes()
+        })
     });
     g.finish();
 }
@@ -338,7 +373,7 @@ fn bench_composite(c: &mut Criterion) {
 /// measured together" (cache and branch-predictor effects) when reading the ratio.
 fn bench_inline(c: &mut Criterion) {
     let pair = mlkem768::generate_key_pair(KEYGEN_SEED);
-    let x_secret = StaticSecret::from(X25519_SCALAR);
+    let x_secret = x25519_secret(X25519_SCALAR);
     let x_public = x25519_public(X25519_SCALAR);
     let header = [0x55u8; WRAP_HEADER_LEN];
     let data_key = [0x99u8; 32];
@@ -363,9 +398,9 @@ fn bench_inline(c: &mut Criterion) {
 
     // One wrap's worth of output, for the unwrap bench.
     let eseed = [0x0bu8; 64];
-    let ek_x = StaticSecret::from(<[u8; 32]>::try_from(&eseed[32..]).expect("32 bytes"));
-    let ct_x = PublicKey::from(&ek_x).to_bytes();
-    let ss_x = x25519_dh(&ek_x, &x_public);
+    let ek_x = <[u8; 32]>::try_from(&eseed[32..]).expect("32 bytes");
+    let ct_x = x25519_public(ek_x);
+    let ss_x = x25519_dh(&x25519_secret(ek_x), &x_public);
     let m = <[u8; 32]>::try_from(&eseed[..32]).expect("32 bytes");
     let (ct_m, ss_m) = mlkem768::encapsulate(pair.public_key(), m);
     let kek = kdf_and_key(&combine(&ss_m, &ss_x, &ct_x));
@@ -381,8 +416,9 @@ fn bench_inline(c: &mut Criterion) {
             getrandom::fill(&mut eseed).expect("OS randomness");
             let mut nonce = [0u8; 12];
             getrandom::fill(&mut nonce).expect("OS randomness");
-            let ek_x = StaticSecret::from(<[u8; 32]>::try_from(&eseed[32..]).expect("32 bytes"));
-            let ct_x = PublicKey::from(&ek_x).to_bytes();
+            let ek_x = x25519_secret(<[u8; 32]>::try_from(&eseed[32..]).expect("32 bytes"));
+            let ct_x = <[u8; 32]>::try_from(ek_x.compute_public_key().expect("public").as_ref())
+                .expect("32 bytes");
             let ss_x = x25519_dh(&ek_x, black_box(&x_public));
             let m = <[u8; 32]>::try_from(&eseed[..32]).expect("32 bytes");
             let (ct_m, ss_m) = mlkem768::encapsulate(black_box(pair.public_key()), m);

@@ -29,6 +29,9 @@ pub enum Error {
     TooLarge,
     /// The operating system's random number generator failed.
     Randomness,
+    /// The cryptographic library refused an operation that cannot fail on well-formed inputs
+    /// (in practice: it could not allocate).
+    Primitive,
 }
 
 impl fmt::Display for Error {
@@ -43,6 +46,7 @@ impl fmt::Display for Error {
             Error::Decryption => f.write_str("decryption failed"),
             Error::TooLarge => f.write_str("plaintext too large"),
             Error::Randomness => f.write_str("random number generator unavailable"),
+            Error::Primitive => f.write_str("cryptographic primitive failed"),
         }
     }
 }

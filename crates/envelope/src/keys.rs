@@ -112,7 +112,7 @@ impl TenantPrivateKey {
     /// Expand a seed. `pub(crate)`: seeds only come from `generate` or from unsealing.
     pub(crate) fn from_seed(key_ref: KeyRef, seed: SecretBox<[u8; 32]>) -> Result<Self> {
         let (decapsulation, public_bytes) =
-            xwing::DecapsulationKey::from_seed(seed.expose_secret());
+            xwing::DecapsulationKey::from_seed(seed.expose_secret())?;
         let public = TenantPublicKey::new(key_ref, public_bytes)?;
         Ok(TenantPrivateKey {
             seed,

@@ -14,11 +14,11 @@
 //! and kept expanded, so decapsulation costs one ML-KEM decaps plus one X25519, not a key
 //! generation too. We also refuse a non-contributory (all-zero) X25519 share on both sides.
 
-use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::primitives::{mlkem, x25519};
+use crate::primitives::mlkem;
+use crate::primitives::x25519::X25519Secret;
 
 /// X-Wing private key seed length.
 pub(crate) const SEED_LEN: usize = 32;
@@ -35,7 +35,7 @@ const LABEL: &[u8; 6] = b"\\.//^\\";
 /// An expanded X-Wing private key. Every part zeroizes itself on drop.
 pub(crate) struct DecapsulationKey {
     mlkem: mlkem::MlKemPrivateKey,
-    x25519: StaticSecret,
+    x25519: X25519Secret,
     /// pk_X, needed by the combiner.
     x25519_public: [u8; 32],
 }
@@ -48,7 +48,7 @@ pub(crate) struct EncapsulationKey {
 
 impl DecapsulationKey {
     /// Expand a 32-byte seed into the private key and its 1216-byte public key.
-    pub(crate) fn from_seed(seed: &[u8; SEED_LEN]) -> (Self, [u8; PUBLIC_KEY_LEN]) {
+    pub(crate) fn from_seed(seed: &[u8; SEED_LEN]) -> Result<(Self, [u8; PUBLIC_KEY_LEN])> {
         let mut expanded = Zeroizing::new([0u8; 96]);
         libcrux_sha3::shake256_ema(&mut expanded[..], seed);
         let mut mlkem_seed = Zeroizing::new([0u8; 64]);
@@ -56,20 +56,20 @@ impl DecapsulationKey {
         let (mlkem, mlkem_public) = mlkem::keygen(&mlkem_seed);
         let mut x_scalar = Zeroizing::new([0u8; 32]);
         x_scalar.copy_from_slice(&expanded[64..]);
-        let x25519 = StaticSecret::from(*x_scalar);
-        let x25519_public = x25519::public_key(&x25519);
+        let x25519 = X25519Secret::from_bytes(&x_scalar)?;
+        let x25519_public = x25519.public_key()?;
 
         let mut public = [0u8; PUBLIC_KEY_LEN];
         public[..mlkem::PUBLIC_KEY_LEN].copy_from_slice(&mlkem_public);
         public[mlkem::PUBLIC_KEY_LEN..].copy_from_slice(&x25519_public);
-        (
+        Ok((
             DecapsulationKey {
                 mlkem,
                 x25519,
                 x25519_public,
             },
             public,
-        )
+        ))
     }
 
     /// Recover the shared secret from a ciphertext.
@@ -80,7 +80,7 @@ impl DecapsulationKey {
     pub(crate) fn decapsulate(&self, ct: &[u8; CIPHERTEXT_LEN]) -> Result<Zeroizing<[u8; 32]>> {
         let (ct_m, ct_x) = split_ciphertext(ct);
         let ss_m = Zeroizing::new(self.mlkem.decaps(&ct_m));
-        let ss_x = x25519::diffie_hellman(&self.x25519, &ct_x)?;
+        let ss_x = self.x25519.diffie_hellman(&ct_x)?;
         Ok(combine(&ss_m, &ss_x, &ct_x, &self.x25519_public))
     }
 }
@@ -116,10 +116,11 @@ impl EncapsulationKey {
         m.copy_from_slice(&eseed[..32]);
         let mut ek_x = Zeroizing::new([0u8; 32]);
         ek_x.copy_from_slice(&eseed[32..]);
-        let ek_x = StaticSecret::from(*ek_x);
-        let ct_x = x25519::public_key(&ek_x);
+        let ek_x = X25519Secret::from_bytes(&ek_x)?;
+        let ct_x = ek_x.public_key()?;
         // A low-order pk_X gives an all-zero share: refuse to wrap to such a key.
-        let ss_x = x25519::diffie_hellman(&ek_x, &self.x25519_public)
+        let ss_x = ek_x
+            .diffie_hellman(&self.x25519_public)
             .map_err(|_| Error::InvalidPublicKey)?;
         let (ct_m, ss_m) = self.mlkem.encaps(&m);
         let ss_m = Zeroizing::new(ss_m);

@@ -343,7 +343,7 @@ fn wrapped_key_vectors() -> Value {
         &mut kek,
     )
     .unwrap();
-    let (_, pk_bytes) = DecapsulationKey::from_seed(&seq(TENANT_SEED_START));
+    let (_, pk_bytes) = DecapsulationKey::from_seed(&seq(TENANT_SEED_START)).unwrap();
     json!({
         "format": "wrapped data key v1",
         "inputs": { "tenant": key_ref().tenant.to_string(), "key": key_ref().key.to_string(),

