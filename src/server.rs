@@ -269,6 +269,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         .await
         .map_err(|e| err(format!("cannot listen on {}: {e}", config.bind)))?;
     let addr = listener.local_addr().map_err(|e| err(e.to_string()))?;
+    // Answers are small and each one is written whole: send it now rather than let Nagle hold the
+    // tail of a response for the client's ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         axum::serve(listener, app)
