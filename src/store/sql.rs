@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row, Transaction};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -158,20 +159,25 @@ impl SqlStore {
 /// of forking the chain, and a SQLite transaction never has to upgrade from a read lock.
 async fn begin_audited(pool: &AnyPool) -> StoreResult<(Transaction<'static, Any>, i64, String)> {
     let mut tx = pool.begin().await.map_err(db_err)?;
-    // A no-op update that returns the head: takes the row's write lock and reads it in one trip.
+    let (seq, hash) = lock_head(&mut tx).await?;
+    Ok((tx, seq, hash))
+}
+
+/// Take the audit-head lock and read the head, in one statement: a no-op update that returns it.
+async fn lock_head(tx: &mut Transaction<'_, Any>) -> StoreResult<(i64, String)> {
     let row = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut **tx)
         .await
         .map_err(db_err)?;
     let seq: i64 = row.try_get("seq").map_err(db_err)?;
     let hash: String = row.try_get("hash").map_err(db_err)?;
-    Ok((tx, seq, hash))
+    Ok((seq, hash))
 }
 
 /// Chain `entries` after (`prev_seq`, `prev_hash`), insert them with one statement, move the head
 /// and commit: one transaction (one fsync) for the whole group.
 async fn commit_audited(
-    mut tx: Transaction<'static, Any>,
+    mut tx: Transaction<'_, Any>,
     prev_seq: i64,
     prev_hash: &str,
     entries: Vec<NewAuditEntry>,
@@ -188,10 +194,11 @@ async fn commit_audited(
         tx.rollback().await.map_err(db_err)?;
         return Ok(chained);
     }
-    let mut sql = String::from(
-        "INSERT INTO audit_log (seq, time_ms, principal, tenant, key_name, key_version, \
-         operation, outcome, request_id, context_hash, detail, prev_hash, hash) VALUES ",
-    );
+    // The rows and the new head go in one round trip: two statements in one query on SQLite
+    // (its driver binds `?` across them in order), one statement with a data-modifying CTE on
+    // PostgreSQL.
+    const COLUMNS: &str = "audit_log (seq, time_ms, principal, tenant, key_name, key_version, \
+         operation, outcome, request_id, context_hash, detail, prev_hash, hash)";
     // SQLite binds `$N` by looking each name up in a list (quadratic in the parameter count, a
     // few percent of the CPU at large groups); anonymous `?` bind positionally.
     let positional = tx.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME;
@@ -204,7 +211,20 @@ async fn commit_audited(
             }
         })
         .collect();
-    sql.push_str(&rows.join(", "));
+    let sql = if positional {
+        format!(
+            "INSERT INTO {COLUMNS} VALUES {}; UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1",
+            rows.join(", ")
+        )
+    } else {
+        let head = chained.len() * 13 + 1;
+        format!(
+            "WITH appended AS (INSERT INTO {COLUMNS} VALUES {} RETURNING 1) \
+             UPDATE audit_head SET seq = ${head}, hash = ${} WHERE id = 1",
+            rows.join(", "),
+            head + 1
+        )
+    };
     // Only placeholders are generated here; every value is bound.
     let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
     for e in &chained {
@@ -223,8 +243,7 @@ async fn commit_audited(
             .bind(&e.prev_hash)
             .bind(&e.hash);
     }
-    insert.execute(&mut *tx).await.map_err(db_err)?;
-    sqlx::query("UPDATE audit_head SET seq = $1, hash = $2 WHERE id = 1")
+    insert
         .bind(seq)
         .bind(&hash)
         .execute(&mut *tx)
@@ -245,8 +264,22 @@ async fn group_commit(
     mut queue: mpsc::Receiver<PendingAppend>,
     stats: Arc<GroupStats>,
 ) {
+    // The writer keeps one connection across groups: no pool checkout (and its liveness ping)
+    // per group. After a failed or panicked group it takes a fresh one from the pool.
+    let mut held: Option<PoolConnection<Any>> = None;
     let mut group: Vec<PendingAppend> = Vec::with_capacity(MAX_GROUP);
-    while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+    loop {
+        let received = tokio::select! {
+            received = queue.recv_many(&mut group, MAX_GROUP) => received,
+            // `Pool::close` waits for every connection to come back: give ours back.
+            _ = pool.close_event(), if held.is_some() => {
+                held = None;
+                continue;
+            }
+        };
+        if received == 0 {
+            break;
+        }
         // Requests that are gone (timed out, client hung up) released nothing: no entry for them.
         let batch: Vec<PendingAppend> = std::mem::take(&mut group)
             .into_iter()
@@ -255,29 +288,59 @@ async fn group_commit(
         if batch.is_empty() {
             continue;
         }
+        let conn = match held.take() {
+            Some(conn) => conn,
+            None => match pool.acquire().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    let e = db_err(e);
+                    tracing::error!(error = %e, "audit group commit cannot get a connection");
+                    for p in batch {
+                        let _ = p.done.send(Err(e.clone()));
+                    }
+                    continue;
+                }
+            },
+        };
         // Its own task: a panic inside fails this group's requests (their answers are dropped,
         // which they see as an error), not the writer.
-        match tokio::spawn(commit_group(pool.clone(), batch)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(written)) => {
-                stats.commits.fetch_add(1, Ordering::Relaxed);
-                stats.entries.fetch_add(written, Ordering::Relaxed);
+        let task = tokio::spawn(async move {
+            let mut conn = conn;
+            let written = commit_group(&mut conn, batch).await;
+            (conn, written)
+        });
+        match task.await {
+            Ok((conn, Ok(written))) => {
+                held = Some(conn);
+                if written > 0 {
+                    stats.commits.fetch_add(1, Ordering::Relaxed);
+                    stats.entries.fetch_add(written, Ordering::Relaxed);
+                }
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "audit group commit failed"),
+            // The connection goes back to the pool, which checks it before its next use.
+            Ok((_, Err(e))) => tracing::error!(error = %e, "audit group commit failed"),
             Err(e) => tracing::error!(error = %e, "audit group commit panicked"),
         }
     }
 }
 
 /// Check guards, write the entries that pass, answer every waiter. Returns how many were written.
-async fn commit_group(pool: AnyPool, batch: Vec<PendingAppend>) -> StoreResult<u64> {
+async fn commit_group(conn: &mut AnyConnection, batch: Vec<PendingAppend>) -> StoreResult<u64> {
     let fail_all = |batch: Vec<PendingAppend>, e: &StoreError| {
         for p in batch {
             let _ = p.done.send(Err(e.clone()));
         }
     };
-    let (mut tx, seq, hash) = match begin_audited(&pool).await {
-        Ok(t) => t,
+    let mut tx = match conn.begin().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            let e = db_err(e);
+            fail_all(batch, &e);
+            return Err(e);
+        }
+    };
+    let (seq, hash) = match lock_head(&mut tx).await {
+        Ok(head) => head,
         Err(e) => {
             fail_all(batch, &e);
             return Err(e);
@@ -318,11 +381,12 @@ async fn commit_group(pool: AnyPool, batch: Vec<PendingAppend>) -> StoreResult<u
     }
 }
 
-/// For each pending entry: does its guard (if any) still hold? Two queries for the whole group,
-/// run inside the audit transaction, after the head lock — so a revocation or key change commits
-/// either wholly before this check (and is seen) or after these entries (which then came first).
+/// For each pending entry: does its guard (if any) still hold? One query for the whole group
+/// (live tokens and the keys' floors and version states), run inside the audit transaction, after
+/// the head lock — so a revocation or key change commits either wholly before this check (and is
+/// seen) or after these entries (which then came first).
 async fn guards_holding(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut Transaction<'_, Any>,
     batch: &[PendingAppend],
 ) -> StoreResult<Vec<bool>> {
     let guards: Vec<&UseGuard> = batch.iter().filter_map(|p| p.guard.as_ref()).collect();
@@ -336,39 +400,34 @@ async fn guards_holding(
     key_ids.sort_unstable();
     key_ids.dedup();
 
+    // Rows of kind 't': a live token (expiry at commit time: an entry that waited past its
+    // token's expiry releases nothing). Rows of kind 'v': one per version of a guarded key, with
+    // the key's floor, in version order.
     let sql = format!(
-        "SELECT id FROM tokens WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) \
-         AND id IN ({})",
-        placeholders(2, token_ids.len())
+        "SELECT 't' AS kind, id, 0 AS floor, 0 AS version, '' AS state FROM tokens \
+         WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) AND id IN ({}) \
+         UNION ALL \
+         SELECT 'v' AS kind, k.id, k.min_decryption_version, v.version, v.state FROM keys k \
+         JOIN key_versions v ON v.key_id = k.id WHERE k.id IN ({}) \
+         ORDER BY 1, 2, 4",
+        placeholders(2, token_ids.len()),
+        placeholders(2 + token_ids.len(), key_ids.len())
     );
-    // Expiry at commit time: an entry that waited past its token's expiry releases nothing.
     let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(crate::now_ms());
-    for id in &token_ids {
+    for id in token_ids.iter().chain(&key_ids) {
         q = q.bind(*id);
     }
-    let live: std::collections::HashSet<String> = q
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_err)?
-        .iter()
-        .map(|r| r.try_get::<String, _>("id"))
-        .collect::<Result<_, _>>()
-        .map_err(db_err)?;
-
-    let sql = format!(
-        "SELECT k.id, k.min_decryption_version, v.version, v.state FROM keys k \
-         JOIN key_versions v ON v.key_id = k.id WHERE k.id IN ({}) ORDER BY k.id, v.version",
-        placeholders(1, key_ids.len())
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for id in &key_ids {
-        q = q.bind(*id);
-    }
+    let mut live: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut state: std::collections::HashMap<String, (i64, Vec<(i64, String)>)> =
         std::collections::HashMap::new();
     for r in q.fetch_all(&mut **tx).await.map_err(db_err)? {
+        let kind: String = r.try_get("kind").map_err(db_err)?;
         let id: String = r.try_get("id").map_err(db_err)?;
-        let floor: i64 = r.try_get("min_decryption_version").map_err(db_err)?;
+        if kind == "t" {
+            live.insert(id);
+            continue;
+        }
+        let floor: i64 = r.try_get("floor").map_err(db_err)?;
         let version: i64 = r.try_get("version").map_err(db_err)?;
         let st: String = r.try_get("state").map_err(db_err)?;
         state
