@@ -671,6 +671,7 @@ def measure(t: Target, scenario: str, conns: int, seconds: int, warmup: int, wrk
     srv0, mach0, kids0 = proc_user_sys(t.pid), machine_ticks(), children_cpu_s()
     db0 = postgres_ticks(t.dbname) if t.dbname else {}
     audit0 = t.audit_file.stat().st_size if t.audit_file else 0
+    groups0 = metrics_groups(t.http) if t.system == "pqkms" and t.http else None
     perf = None
     if perf_dir is not None:
         perf_data = perf_dir / f"perf-{t.label}-{scenario}-c{conns}.data"
@@ -685,6 +686,7 @@ def measure(t: Target, scenario: str, conns: int, seconds: int, warmup: int, wrk
     srv1, mach1, kids1 = proc_user_sys(t.pid), machine_ticks(), children_cpu_s()
     db1 = postgres_ticks(t.dbname) if t.dbname else {}
     audit1 = t.audit_file.stat().st_size if t.audit_file else 0
+    groups1 = metrics_groups(t.http) if groups0 else None
     wall = w["duration_us"] / 1e6
     n = w["requests"]
     e = w["errors"]
@@ -727,6 +729,11 @@ def measure(t: Target, scenario: str, conns: int, seconds: int, warmup: int, wrk
         log(f"    wrk took {wall:.1f} s for a {seconds} s point: the machine stalled")
     if perf is not None:
         point["profile"] = perf_profile(perf_data)
+    if groups0 and groups1 and groups1[0] > groups0[0]:
+        # Audit entries per group commit (one transaction, one fsync) during the point.
+        point["entries_per_commit"] = round(
+            (groups1[1] - groups0[1]) / (groups1[0] - groups0[0]), 1)
+        point["commits_per_s"] = round((groups1[0] - groups0[0]) / wall, 1) if wall else None
     if t.audit_file is not None:
         point["audit_bytes_per_req"] = round((audit1 - audit0) / n, 1) if n else None
         if n and audit1 <= audit0:
@@ -735,7 +742,9 @@ def measure(t: Target, scenario: str, conns: int, seconds: int, warmup: int, wrk
     flag = "  <-- ERRORS" if point["errors"] else ""
     log(f"{t.label:15} {scenario:10} c={conns:<3} {point['rps']:>9.1f} req/s  "
         f"p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} p99.9 {lat['p999']:.2f} ms  "
-        f"cpu {point['server_cpu_us_per_req']} us/req  errors {point['errors']}{flag}")
+        f"cpu {point['server_cpu_us_per_req']} us/req  errors {point['errors']}"
+        + (f"  {point['entries_per_commit']} entries/commit" if "entries_per_commit" in point
+           else "") + flag)
     if point["errors"] and point["first_error"]:
         log(f"    first error: {point['first_error']}")
     return point
@@ -986,6 +995,21 @@ def run_compare(args, res: Resources, bins: Binaries, logs: Path, workdir: Path)
         return 1
     log("no errors")
     return 0
+
+
+def metrics_groups(h: Http) -> tuple[float, float] | None:
+    """(audit group commits, entries in them) so far, from /metrics."""
+    status, body = h.request("GET", "/metrics")
+    if status != 200 or not isinstance(body, str):
+        return None
+    found = {}
+    for line in body.splitlines():
+        for name in ("pqkms_audit_group_commits_total", "pqkms_audit_group_entries_total"):
+            if line.startswith(name + " "):
+                found[name] = float(line.split()[-1])
+    if len(found) != 2:
+        return None
+    return found["pqkms_audit_group_commits_total"], found["pqkms_audit_group_entries_total"]
 
 
 def metrics_cached(h: Http) -> int | None:
