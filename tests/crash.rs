@@ -196,16 +196,24 @@ async fn kill_dash_nine_during_rotation_and_destruction_leaves_whole_state() {
     let entries = |operation: &'static str| {
         let (http, op) = (http.clone(), op.clone());
         async move {
-            let (_, v) = call(
-                &http,
-                port,
-                &op,
-                M::GET,
-                &format!("/v1/audit?operation={operation}&limit=1000"),
-                None,
-            )
-            .await;
-            v["entries"].as_array().unwrap().clone()
+            // Every page: rotations are fast enough to pass one page's limit in a round.
+            let (mut all, mut after) = (Vec::new(), 0);
+            loop {
+                let (_, v) = call(
+                    &http,
+                    port,
+                    &op,
+                    M::GET,
+                    &format!("/v1/audit?operation={operation}&limit=1000&after={after}"),
+                    None,
+                )
+                .await;
+                all.extend(v["entries"].as_array().unwrap().iter().cloned());
+                match v["next_after"].as_i64() {
+                    Some(next) => after = next,
+                    None => return all,
+                }
+            }
         }
     };
     let rotations = entries("key.rotate").await;
