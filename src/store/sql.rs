@@ -80,6 +80,14 @@ fn db_err(e: sqlx::Error) -> StoreError {
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
      PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA busy_timeout = 10000;";
 
+/// PostgreSQL settings applied to every pooled connection: READ COMMITTED whatever the cluster's
+/// `default_transaction_isolation`. The store's transactions are written for it — they serialize on
+/// the audit-head row lock and read what committed before it — and at REPEATABLE READ or
+/// SERIALIZABLE the second of two concurrent writers of the head fails with a serialization error
+/// instead of waiting (tests/multi_node.rs).
+const POSTGRES_SESSION: &str =
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED";
+
 impl SqlStore {
     /// Connect, apply per-connection settings and run the backend's migrations.
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<SqlStore> {
@@ -87,14 +95,16 @@ impl SqlStore {
         let backend = Backend::from_url(url)
             .ok_or_else(|| StoreError::Database("unsupported database URL scheme".into()))?;
         let mut options = AnyPoolOptions::new().max_connections(max_connections);
-        if backend == Backend::Sqlite {
-            options = options.after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    conn.execute(SQLITE_PRAGMAS).await?;
-                    Ok(())
-                })
-            });
-        }
+        let settings = match backend {
+            Backend::Sqlite => SQLITE_PRAGMAS,
+            Backend::Postgres => POSTGRES_SESSION,
+        };
+        options = options.after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                conn.execute(settings).await?;
+                Ok(())
+            })
+        });
         let pool = options.connect(url).await.map_err(db_err)?;
         let migrator = match backend {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite"),
