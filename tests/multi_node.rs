@@ -272,32 +272,29 @@ async fn serializable_cluster_default_does_not_fail_requests() {
             t.admin.clone(),
         );
         tasks.push(tokio::spawn(async move {
+            // POST `{}` to an operation of the key; (status, body).
+            let post = |op: &'static str, token: String| {
+                let (http, base) = (http.clone(), base.clone());
+                async move {
+                    let resp = http
+                        .post(format!("{base}/v1/tenants/acme/keys/default/{op}"))
+                        .bearer_auth(token)
+                        .json(&json!({}))
+                        .send()
+                        .await
+                        .unwrap();
+                    (
+                        resp.status(),
+                        resp.json::<Value>().await.unwrap_or(Value::Null),
+                    )
+                }
+            };
             let mut answers = Vec::new();
             for _ in 0..8 {
-                let resp = http
-                    .post(format!("{base}/v1/tenants/acme/keys/default/data-key"))
-                    .bearer_auth(&app)
-                    .json(&json!({}))
-                    .send()
-                    .await
-                    .unwrap();
-                answers.push((
-                    resp.status(),
-                    resp.json::<Value>().await.unwrap_or(Value::Null),
-                ));
+                answers.push(post("data-key", app.clone()).await);
             }
             if i % 8 == 0 {
-                let resp = http
-                    .post(format!("{base}/v1/tenants/acme/keys/default/rotate"))
-                    .bearer_auth(&admin)
-                    .json(&json!({}))
-                    .send()
-                    .await
-                    .unwrap();
-                answers.push((
-                    resp.status(),
-                    resp.json::<Value>().await.unwrap_or(Value::Null),
-                ));
+                answers.push(post("rotate", admin).await);
             }
             answers
         }));
