@@ -2,7 +2,7 @@
 //!
 //! Layout: [`config`] and [`server`] start the service; [`http`] is the v1 API; [`auth`] checks
 //! tokens and roles; [`keys`] creates and caches tenant keys (formats and crypto live in the
-//! `pqkms-envelope` crate); [`store`] persists to SQLite or PostgreSQL; [`audit`] is the hash
+//! `pqkms-envelope` crate, and their heavy operations run on [`crypto_pool`]); [`store`] persists to SQLite or PostgreSQL; [`audit`] is the hash
 //! chain; [`cli`] is the command line.
 
 #![forbid(unsafe_code)]
@@ -13,6 +13,7 @@ pub mod auth;
 pub mod bounded;
 pub mod cli;
 pub mod config;
+pub mod crypto_pool;
 pub mod http;
 pub mod keys;
 pub mod server;

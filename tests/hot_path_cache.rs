@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestServer, backends};
+use common::{Backend, TestServer, backends};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -304,19 +304,56 @@ async fn concurrent_uses_each_get_a_durable_entry() {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
         };
-        let (commits, written) = (
+        let (commits, written, syncs) = (
             counter("pqkms_audit_group_commits_total"),
             counter("pqkms_audit_group_entries_total"),
+            counter("pqkms_audit_wal_syncs_total"),
         );
         assert!(written >= 64, "{metrics}");
         assert!(
             commits < written,
             "no grouping: {commits} commits for {written} entries"
         );
+        // SQLite: the writer's commits do not sync; its WAL syncs (one or more groups each) do.
+        // PostgreSQL: each commit is durable itself.
+        match backend {
+            Backend::Sqlite => assert!((1..=commits).contains(&syncs), "{metrics}"),
+            Backend::Postgres => assert_eq!(syncs, 0, "{metrics}"),
+        }
         let (st, v) = s
             .call(Method::GET, "/v1/audit/verify", Some(&s.operator), None)
             .await;
         assert_eq!((st, &v["ok"]), (StatusCode::OK, &json!(true)), "{v}");
         s.stop().await;
     }
+}
+
+/// SQLite: the audit writer commits without syncing and answers only after its own `fdatasync` of
+/// the WAL. When that sync cannot be done, the requests waiting on it fail and release nothing.
+/// (The WAL file is removed under the running server: SQLite keeps writing to its open
+/// descriptor, and the writer's sync, which opens the file by name, fails.)
+#[tokio::test]
+async fn a_failed_wal_sync_releases_no_key() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let t = s.tenant("acme").await;
+    let path = "/v1/tenants/acme/keys/default/data-key";
+    let body = json!({ "context": { "table": "t" } });
+    let (st, v) = s
+        .call(Method::POST, path, Some(&t.encrypt), Some(body.clone()))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let wal = s.data_dir().join("pqkms.db-wal");
+    std::fs::remove_file(&wal).expect("the WAL exists while the server runs");
+    let (st, v) = s
+        .call(Method::POST, path, Some(&t.encrypt), Some(body))
+        .await;
+    assert!(st.is_server_error(), "{st} {v}");
+    assert!(v.get("plaintext").is_none(), "{v}");
+    // Nothing internal in the answer: no path, no OS error.
+    let text = v.to_string();
+    assert!(
+        !text.contains("wal") && !text.contains("No such file"),
+        "{text}"
+    );
+    s.stop().await;
 }

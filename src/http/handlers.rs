@@ -685,16 +685,15 @@ pub(super) async fn open_wrapped(
     })
 }
 
-/// Run CPU-heavy crypto (an X-Wing encapsulation or decapsulation: 50-80 µs) on tokio's
-/// blocking pool, so it never stalls an executor thread that is driving other requests' I/O or
-/// the audit group commit. Measured (docs/PERFORMANCE.md): at 64 connections this doubles
-/// data-key throughput over running it inline, for ~10% more CPU per request.
+/// Run CPU-heavy crypto (an X-Wing encapsulation or decapsulation: 30-50 µs) on the
+/// [`crate::crypto_pool`], so it never stalls an executor thread that is driving other requests'
+/// I/O or the audit group commit.
 pub(super) async fn crypto_task<T: Send + 'static>(
     work: impl FnOnce() -> T + Send + 'static,
 ) -> ApiResult<T> {
-    tokio::task::spawn_blocking(work)
+    crate::crypto_pool::run(work)
         .await
-        .map_err(|e| ApiError::Internal(format!("crypto task failed: {e}")))
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 // ------------------------------------------------------------------ audit

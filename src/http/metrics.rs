@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
+use crate::store::GroupCommitStats;
+
 /// Request counters by route template and status.
 #[derive(Default)]
 pub struct Metrics {
@@ -18,7 +20,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition.
-    pub fn render(&self, cached_keys: usize, (commits, entries): (u64, u64)) -> String {
+    pub fn render(&self, cached_keys: usize, groups: GroupCommitStats) -> String {
         let mut out = String::new();
         out.push_str("# HELP pqkms_http_requests_total HTTP requests answered.\n");
         out.push_str("# TYPE pqkms_http_requests_total counter\n");
@@ -35,12 +37,17 @@ impl Metrics {
         let _ = writeln!(out, "pqkms_cached_private_keys {cached_keys}");
         out.push_str("# HELP pqkms_audit_group_commits_total Audit transactions committed by the group-commit writer.\n");
         out.push_str("# TYPE pqkms_audit_group_commits_total counter\n");
-        let _ = writeln!(out, "pqkms_audit_group_commits_total {commits}");
+        let _ = writeln!(out, "pqkms_audit_group_commits_total {}", groups.commits);
         out.push_str(
             "# HELP pqkms_audit_group_entries_total Audit entries written by those transactions.\n",
         );
         out.push_str("# TYPE pqkms_audit_group_entries_total counter\n");
-        let _ = writeln!(out, "pqkms_audit_group_entries_total {entries}");
+        let _ = writeln!(out, "pqkms_audit_group_entries_total {}", groups.entries);
+        out.push_str(
+            "# HELP pqkms_audit_wal_syncs_total WAL syncs that made audit group commits durable (SQLite).\n",
+        );
+        out.push_str("# TYPE pqkms_audit_wal_syncs_total counter\n");
+        let _ = writeln!(out, "pqkms_audit_wal_syncs_total {}", groups.wal_syncs);
         out
     }
 }

@@ -8,6 +8,7 @@
 
 mod directory;
 mod sql;
+mod writer;
 
 use async_trait::async_trait;
 
@@ -164,6 +165,17 @@ pub struct UseGuard {
     pub min_decryption_version: i64,
     /// (version, state) of every version as read, oldest first.
     pub versions: Vec<(i64, String)>,
+}
+
+/// Counters of the audit group-commit writer since start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GroupCommitStats {
+    /// Group transactions committed.
+    pub commits: u64,
+    /// Entries in them (divided by `commits`: the mean group size).
+    pub entries: u64,
+    /// WAL syncs (SQLite only; one covers every group committed before it started).
+    pub wal_syncs: u64,
 }
 
 /// The persistence the service needs. Methods that change state take the audit entry that
@@ -330,9 +342,8 @@ pub trait Store: Send + Sync {
         audit: NewAuditEntry,
     ) -> StoreResult<u64>;
 
-    /// Audit group commits so far: (transactions committed, entries in them). Their ratio is the
-    /// mean group size, which `/metrics` exposes.
-    fn group_commit_stats(&self) -> (u64, u64);
+    /// What the audit group-commit writer has done so far, for `/metrics`.
+    fn group_commit_stats(&self) -> GroupCommitStats;
 
     /// Close the connection pool cleanly.
     async fn close(&self);

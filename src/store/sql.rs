@@ -2,13 +2,13 @@
 
 use async_trait::async_trait;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::pool::PoolConnection;
-use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row, Transaction};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::writer::{GroupStats, MAX_GROUP, PendingAppend, group_commit};
 use super::{
     DueDestruction, KeyRow, Store, StoreError, StoreResult, TenantRow, TokenRow, UseGuard,
     VersionRow, Versions,
@@ -41,31 +41,13 @@ impl Backend {
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
-    /// Key-use audit entries go to the group-commit writer ([`group_commit`]).
+    /// Key-use audit entries go to the group-commit writer ([`super::writer`]).
     appender: mpsc::Sender<PendingAppend>,
     /// (group commits, entries in them), counted by the writer.
     groups: Arc<GroupStats>,
 }
 
-/// Counters of the group-commit writer.
-#[derive(Default)]
-struct GroupStats {
-    commits: AtomicU64,
-    entries: AtomicU64,
-}
-
-/// Most entries one group commit writes (13 bound parameters each: well under SQLite's and
-/// PostgreSQL's limits).
-const MAX_GROUP: usize = 256;
-
-/// One request's audit entry waiting for the group commit, and where to say it is durable.
-struct PendingAppend {
-    entry: NewAuditEntry,
-    guard: Option<UseGuard>,
-    done: oneshot::Sender<StoreResult<AuditEntry>>,
-}
-
-fn db_err(e: sqlx::Error) -> StoreError {
+pub(super) fn db_err(e: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(ref d) = e
         && d.is_unique_violation()
     {
@@ -184,60 +166,61 @@ async fn lock_head(tx: &mut Transaction<'_, Any>) -> StoreResult<(i64, String)> 
     Ok((seq, hash))
 }
 
-/// Chain `entries` after (`prev_seq`, `prev_hash`), insert them with one statement, move the head
-/// and commit: one transaction (one fsync) for the whole group.
-async fn commit_audited(
-    mut tx: Transaction<'_, Any>,
+/// Seal `entries` into the chain after (`prev_seq`, `prev_hash`), in order.
+pub(super) fn chain_entries(
     prev_seq: i64,
     prev_hash: &str,
     entries: Vec<NewAuditEntry>,
-) -> StoreResult<Vec<AuditEntry>> {
-    let mut chained = Vec::with_capacity(entries.len());
-    let (mut seq, mut hash) = (prev_seq, prev_hash.to_owned());
+) -> Vec<AuditEntry> {
+    let mut chained: Vec<AuditEntry> = Vec::with_capacity(entries.len());
     for entry in entries {
-        let e = entry.chain(seq, &hash);
-        seq = e.seq;
-        hash.clone_from(&e.hash);
+        let e = match chained.last() {
+            Some(prev) => entry.chain(prev.seq, &prev.hash),
+            None => entry.chain(prev_seq, prev_hash),
+        };
         chained.push(e);
     }
-    if chained.is_empty() {
-        tx.rollback().await.map_err(db_err)?;
-        return Ok(chained);
-    }
-    // The rows and the new head go in one round trip: two statements in one query on SQLite
-    // (its driver binds `?` across them in order), one statement with a data-modifying CTE on
-    // PostgreSQL.
+    chained
+}
+
+/// The statement (SQLite: script) that inserts `count` chained entries and moves the head to the
+/// last of them, in one round trip: two statements on SQLite (its driver binds `?` across them in
+/// order), one with a data-modifying CTE on PostgreSQL. Bind with [`bind_entries`], then the new
+/// head's seq and hash.
+pub(super) fn insert_entries_sql(backend: Backend, count: usize) -> String {
     const COLUMNS: &str = "audit_log (seq, time_ms, principal, tenant, key_name, key_version, \
          operation, outcome, request_id, context_hash, detail, prev_hash, hash)";
-    // SQLite binds `$N` by looking each name up in a list (quadratic in the parameter count, a
-    // few percent of the CPU at large groups); anonymous `?` bind positionally.
-    let positional = tx.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME;
-    let rows: Vec<String> = (0..chained.len())
-        .map(|i| {
-            if positional {
-                format!("({})", ["?"; 13].join(", "))
-            } else {
-                format!("({})", placeholders(i * 13 + 1, 13))
-            }
-        })
-        .collect();
-    let sql = if positional {
-        format!(
-            "INSERT INTO {COLUMNS} VALUES {}; UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1",
-            rows.join(", ")
-        )
-    } else {
-        let head = chained.len() * 13 + 1;
-        format!(
-            "WITH appended AS (INSERT INTO {COLUMNS} VALUES {} RETURNING 1) \
-             UPDATE audit_head SET seq = ${head}, hash = ${} WHERE id = 1",
-            rows.join(", "),
-            head + 1
-        )
-    };
-    // Only placeholders are generated here; every value is bound.
-    let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for e in &chained {
+    match backend {
+        // SQLite binds `$N` by looking each name up in a list (quadratic in the parameter count,
+        // a few percent of the CPU at large groups); anonymous `?` bind positionally.
+        Backend::Sqlite => {
+            let row = format!("({})", ["?"; 13].join(", "));
+            format!(
+                "INSERT INTO {COLUMNS} VALUES {}; UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1",
+                vec![row; count].join(", ")
+            )
+        }
+        Backend::Postgres => {
+            let rows: Vec<String> = (0..count)
+                .map(|i| format!("({})", placeholders(i * 13 + 1, 13)))
+                .collect();
+            let head = count * 13 + 1;
+            format!(
+                "WITH appended AS (INSERT INTO {COLUMNS} VALUES {} RETURNING 1) \
+                 UPDATE audit_head SET seq = ${head}, hash = ${} WHERE id = 1",
+                rows.join(", "),
+                head + 1
+            )
+        }
+    }
+}
+
+/// Bind the entries' 13 columns each, in [`insert_entries_sql`]'s order.
+pub(super) fn bind_entries<'q>(
+    mut insert: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+    chained: &'q [AuditEntry],
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+    for e in chained {
         insert = insert
             .bind(e.seq)
             .bind(e.time_ms)
@@ -254,210 +237,37 @@ async fn commit_audited(
             .bind(&e.hash);
     }
     insert
-        .bind(seq)
-        .bind(&hash)
+}
+
+/// Chain `entries` after (`prev_seq`, `prev_hash`), insert them, move the head and commit: one
+/// transaction for all of them. For state changes that run in their own transaction; key uses go
+/// through the group-commit writer ([`super::writer`]).
+async fn commit_audited(
+    mut tx: Transaction<'_, Any>,
+    prev_seq: i64,
+    prev_hash: &str,
+    entries: Vec<NewAuditEntry>,
+) -> StoreResult<Vec<AuditEntry>> {
+    let chained = chain_entries(prev_seq, prev_hash, entries);
+    let Some(last) = chained.last() else {
+        tx.rollback().await.map_err(db_err)?;
+        return Ok(chained);
+    };
+    let backend = if tx.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME {
+        Backend::Sqlite
+    } else {
+        Backend::Postgres
+    };
+    // Only placeholders are generated here; every value is bound.
+    let sql = insert_entries_sql(backend, chained.len());
+    bind_entries(sqlx::query(sqlx::AssertSqlSafe(sql)), &chained)
+        .bind(last.seq)
+        .bind(&last.hash)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;
     tx.commit().await.map_err(db_err)?;
     Ok(chained)
-}
-
-/// The group-commit writer: one per store. Requests that use a key queue their audit entries
-/// here; the writer takes everything queued (up to [`MAX_GROUP`]), checks the entries' guards and
-/// appends them in one transaction, and only then tells each request its entry is durable — so a
-/// key still never leaves before its entry is committed, but a burst of requests shares one fsync
-/// instead of queueing for one each. A failed commit fails every request of the group (fail
-/// closed); a failed guard fails only its own request, with nothing written for it.
-async fn group_commit(
-    pool: AnyPool,
-    mut queue: mpsc::Receiver<PendingAppend>,
-    stats: Arc<GroupStats>,
-) {
-    // The writer keeps one connection across groups: no pool checkout (and its liveness ping)
-    // per group. After a failed or panicked group it takes a fresh one from the pool.
-    let mut held: Option<PoolConnection<Any>> = None;
-    let mut group: Vec<PendingAppend> = Vec::with_capacity(MAX_GROUP);
-    loop {
-        let received = tokio::select! {
-            received = queue.recv_many(&mut group, MAX_GROUP) => received,
-            // `Pool::close` waits for every connection to come back: give ours back.
-            _ = pool.close_event(), if held.is_some() => {
-                held = None;
-                continue;
-            }
-        };
-        if received == 0 {
-            break;
-        }
-        // Requests that are gone (timed out, client hung up) released nothing: no entry for them.
-        let batch: Vec<PendingAppend> = std::mem::take(&mut group)
-            .into_iter()
-            .filter(|p| !p.done.is_closed())
-            .collect();
-        if batch.is_empty() {
-            continue;
-        }
-        let conn = match held.take() {
-            Some(conn) => conn,
-            None => match pool.acquire().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    let e = db_err(e);
-                    tracing::error!(error = %e, "audit group commit cannot get a connection");
-                    for p in batch {
-                        let _ = p.done.send(Err(e.clone()));
-                    }
-                    continue;
-                }
-            },
-        };
-        // Its own task: a panic inside fails this group's requests (their answers are dropped,
-        // which they see as an error), not the writer.
-        let task = tokio::spawn(async move {
-            let mut conn = conn;
-            let written = commit_group(&mut conn, batch).await;
-            (conn, written)
-        });
-        match task.await {
-            Ok((conn, Ok(written))) => {
-                held = Some(conn);
-                if written > 0 {
-                    stats.commits.fetch_add(1, Ordering::Relaxed);
-                    stats.entries.fetch_add(written, Ordering::Relaxed);
-                }
-            }
-            // The connection goes back to the pool, which checks it before its next use.
-            Ok((_, Err(e))) => tracing::error!(error = %e, "audit group commit failed"),
-            Err(e) => tracing::error!(error = %e, "audit group commit panicked"),
-        }
-    }
-}
-
-/// Check guards, write the entries that pass, answer every waiter. Returns how many were written.
-async fn commit_group(conn: &mut AnyConnection, batch: Vec<PendingAppend>) -> StoreResult<u64> {
-    let fail_all = |batch: Vec<PendingAppend>, e: &StoreError| {
-        for p in batch {
-            let _ = p.done.send(Err(e.clone()));
-        }
-    };
-    let mut tx = match conn.begin().await {
-        Ok(tx) => tx,
-        Err(e) => {
-            let e = db_err(e);
-            fail_all(batch, &e);
-            return Err(e);
-        }
-    };
-    let (seq, hash) = match lock_head(&mut tx).await {
-        Ok(head) => head,
-        Err(e) => {
-            fail_all(batch, &e);
-            return Err(e);
-        }
-    };
-    let holds = match guards_holding(&mut tx, &batch).await {
-        Ok(h) => h,
-        Err(e) => {
-            fail_all(batch, &e);
-            return Err(e);
-        }
-    };
-    let mut entries = Vec::with_capacity(batch.len());
-    let mut waiters = Vec::with_capacity(batch.len());
-    for (p, ok) in batch.into_iter().zip(holds) {
-        if ok {
-            entries.push(p.entry);
-            waiters.push(p.done);
-        } else {
-            let _ = p.done.send(Err(StoreError::Stale));
-        }
-    }
-    match commit_audited(tx, seq, &hash, entries).await {
-        Ok(written) => {
-            let count = written.len() as u64;
-            for (waiter, entry) in waiters.into_iter().zip(written) {
-                // The request may have gone (client hung up): its entry is written anyway.
-                let _ = waiter.send(Ok(entry));
-            }
-            Ok(count)
-        }
-        Err(e) => {
-            for waiter in waiters {
-                let _ = waiter.send(Err(e.clone()));
-            }
-            Err(e)
-        }
-    }
-}
-
-/// For each pending entry: does its guard (if any) still hold? One query for the whole group
-/// (live tokens and the keys' floors and version states), run inside the audit transaction, after
-/// the head lock — so a revocation or key change commits either wholly before this check (and is
-/// seen) or after these entries (which then came first).
-async fn guards_holding(
-    tx: &mut Transaction<'_, Any>,
-    batch: &[PendingAppend],
-) -> StoreResult<Vec<bool>> {
-    let guards: Vec<&UseGuard> = batch.iter().filter_map(|p| p.guard.as_ref()).collect();
-    if guards.is_empty() {
-        return Ok(vec![true; batch.len()]);
-    }
-    let mut token_ids: Vec<&str> = guards.iter().map(|g| g.token_id.as_str()).collect();
-    let mut key_ids: Vec<&str> = guards.iter().map(|g| g.key_id.as_str()).collect();
-    token_ids.sort_unstable();
-    token_ids.dedup();
-    key_ids.sort_unstable();
-    key_ids.dedup();
-
-    // Rows of kind 't': a live token (expiry at commit time: an entry that waited past its
-    // token's expiry releases nothing). Rows of kind 'v': one per version of a guarded key, with
-    // the key's floor, in version order.
-    let sql = format!(
-        "SELECT 't' AS kind, id, 0 AS floor, 0 AS version, '' AS state FROM tokens \
-         WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $1) AND id IN ({}) \
-         UNION ALL \
-         SELECT 'v' AS kind, k.id, k.min_decryption_version, v.version, v.state FROM keys k \
-         JOIN key_versions v ON v.key_id = k.id WHERE k.id IN ({}) \
-         ORDER BY 1, 2, 4",
-        placeholders(2, token_ids.len()),
-        placeholders(2 + token_ids.len(), key_ids.len())
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(crate::now_ms());
-    for id in token_ids.iter().chain(&key_ids) {
-        q = q.bind(*id);
-    }
-    let mut live: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let mut state: std::collections::HashMap<String, (i64, Vec<(i64, String)>)> =
-        std::collections::HashMap::new();
-    for r in q.fetch_all(&mut **tx).await.map_err(db_err)? {
-        let kind: String = r.try_get("kind").map_err(db_err)?;
-        let id: String = r.try_get("id").map_err(db_err)?;
-        if kind == "t" {
-            live.insert(id);
-            continue;
-        }
-        let floor: i64 = r.try_get("floor").map_err(db_err)?;
-        let version: i64 = r.try_get("version").map_err(db_err)?;
-        let st: String = r.try_get("state").map_err(db_err)?;
-        state
-            .entry(id)
-            .or_insert_with(|| (floor, Vec::new()))
-            .1
-            .push((version, st));
-    }
-    Ok(batch
-        .iter()
-        .map(|p| match &p.guard {
-            None => true,
-            Some(g) => {
-                live.contains(&g.token_id)
-                    && state.get(&g.key_id).is_some_and(|(floor, versions)| {
-                        *floor == g.min_decryption_version && *versions == g.versions
-                    })
-            }
-        })
-        .collect())
 }
 
 /// `$first, $first+1, ...` (`count` of them).
@@ -1153,11 +963,12 @@ impl Store for SqlStore {
         Ok(changed)
     }
 
-    fn group_commit_stats(&self) -> (u64, u64) {
-        (
-            self.groups.commits.load(Ordering::Relaxed),
-            self.groups.entries.load(Ordering::Relaxed),
-        )
+    fn group_commit_stats(&self) -> super::GroupCommitStats {
+        super::GroupCommitStats {
+            commits: self.groups.commits.load(Ordering::Relaxed),
+            entries: self.groups.entries.load(Ordering::Relaxed),
+            wal_syncs: self.groups.syncs.load(Ordering::Relaxed),
+        }
     }
 
     async fn close(&self) {
