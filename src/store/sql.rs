@@ -62,13 +62,18 @@ pub(super) fn db_err(e: sqlx::Error) -> StoreError {
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
      PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA busy_timeout = 10000;";
 
-/// PostgreSQL settings applied to every pooled connection: READ COMMITTED whatever the cluster's
-/// `default_transaction_isolation`. The store's transactions are written for it — they serialize on
-/// the audit-head row lock and read what committed before it — and at REPEATABLE READ or
-/// SERIALIZABLE the second of two concurrent writers of the head fails with a serialization error
-/// instead of waiting (tests/multi_node.rs).
-const POSTGRES_SESSION: &str =
-    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED";
+/// PostgreSQL settings applied to every pooled connection, whatever the cluster's defaults:
+/// - READ COMMITTED. The store's transactions are written for it — they serialize on the
+///   audit-head row lock and read what committed before it — and at REPEATABLE READ or
+///   SERIALIZABLE the second of two concurrent writers of the head fails with a serialization
+///   error instead of waiting (tests/multi_node.rs).
+/// - `synchronous_commit` never `off`: a key leaves only after its audit entry is durable, and an
+///   asynchronous commit could lose it in a crash. `off` becomes `on`; every other level (`local`,
+///   `remote_write`, `on`, `remote_apply`) flushes locally and is kept as configured.
+const POSTGRES_SESSION: &str = "SELECT \
+     set_config('default_transaction_isolation', 'read committed', false), \
+     set_config('synchronous_commit', CASE current_setting('synchronous_commit') \
+         WHEN 'off' THEN 'on' ELSE current_setting('synchronous_commit') END, false)";
 
 impl SqlStore {
     /// Connect, apply per-connection settings and run the backend's migrations.
@@ -1044,5 +1049,68 @@ impl Store for SqlStore {
         .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a PostgreSQL database whose defaults are SERIALIZABLE and `synchronous_commit = off`,
+    /// every connection of the store still runs READ COMMITTED with synchronous commits. Needs
+    /// `PQKMS_TEST_POSTGRES_URL` (CI sets it); skipped with a warning without it.
+    #[tokio::test]
+    async fn postgres_sessions_are_read_committed_and_durable_whatever_the_defaults() {
+        let Ok(admin_url) = std::env::var("PQKMS_TEST_POSTGRES_URL") else {
+            eprintln!("WARNING: PQKMS_TEST_POSTGRES_URL is not set: PostgreSQL test skipped");
+            return;
+        };
+        sqlx::any::install_default_drivers();
+        let mut id = [0u8; 6];
+        getrandom::fill(&mut id).expect("random");
+        let db = format!("pqkms_unit_{}", hex::encode(id));
+        let admin = AnyPool::connect(&admin_url)
+            .await
+            .expect("PostgreSQL at PQKMS_TEST_POSTGRES_URL is unreachable");
+        for sql in [
+            format!("CREATE DATABASE {db}"),
+            format!("ALTER DATABASE {db} SET default_transaction_isolation = 'serializable'"),
+            format!("ALTER DATABASE {db} SET synchronous_commit = 'off'"),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&admin)
+                .await
+                .expect("set up database");
+        }
+        let (head, query) = admin_url
+            .split_once('?')
+            .map_or((admin_url.as_str(), None), |(h, q)| (h, Some(q)));
+        let base = &head[..head.rfind('/').expect("database in URL")];
+        let url = match query {
+            Some(q) => format!("{base}/{db}?{q}"),
+            None => format!("{base}/{db}"),
+        };
+        let store = SqlStore::connect(&url, 2).await.expect("connect");
+        let mut conn = store.pool.acquire().await.expect("connection");
+        let isolation: String = sqlx::query_scalar("SHOW transaction_isolation")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("show");
+        let sync: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("show");
+        drop(conn);
+        store.pool.close().await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+        )))
+        .execute(&admin)
+        .await
+        .expect("drop database");
+        assert_eq!(
+            (isolation.as_str(), sync.as_str()),
+            ("read committed", "on")
+        );
     }
 }
