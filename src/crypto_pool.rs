@@ -100,7 +100,11 @@ impl CryptoPool {
         }
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move || {
-            // The waiter may be gone (request cancelled): the result is dropped.
+            // A request that is gone (timed out, client hung up) while its job queued gets no
+            // work done for it: under overload the queue drains instead of growing.
+            if done.is_closed() {
+                return;
+            }
             let _ = done.send(work());
         });
         let wake = {
@@ -165,6 +169,36 @@ mod tests {
         assert_eq!(failed, Err(CryptoTaskFailed));
         // The one thread survived the panic and runs the next job.
         assert_eq!(pool.run(|| 7u8).await, Ok(7));
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_waiter_is_gone_is_skipped() {
+        let pool = Arc::new(CryptoPool::start(1));
+        // Hold the one thread until the second job is queued and abandoned.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (started, running) = oneshot::channel::<()>();
+        let p = pool.clone();
+        let first = tokio::spawn(async move {
+            p.run(move || {
+                let _ = started.send(());
+                held.recv().is_ok()
+            })
+            .await
+        });
+        running.await.expect("first job started");
+        let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = ran.clone();
+        let abandoned = tokio::time::timeout(
+            std::time::Duration::from_millis(50),
+            pool.run(move || flag.store(true, std::sync::atomic::Ordering::SeqCst)),
+        )
+        .await;
+        assert!(abandoned.is_err(), "the second job cannot have run yet");
+        release.send(()).expect("first job waits");
+        assert_eq!(first.await.expect("task"), Ok(true));
+        // Jobs run in order: once a later one ran, the abandoned one was taken and skipped.
+        assert_eq!(pool.run(|| 1u8).await, Ok(1));
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[tokio::test]
