@@ -25,6 +25,15 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// Which backend a connection talks to, from its driver's name.
+    pub(super) fn of_connection(backend_name: &str) -> Backend {
+        if backend_name == <sqlx::Sqlite as sqlx::Database>::NAME {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        }
+    }
+
     /// Detect from a connection URL.
     pub fn from_url(url: &str) -> Option<Backend> {
         if url.starts_with("sqlite:") {
@@ -43,7 +52,7 @@ pub struct SqlStore {
     backend: Backend,
     /// Key-use audit entries go to the group-commit writer ([`super::writer`]).
     appender: mpsc::Sender<PendingAppend>,
-    /// (group commits, entries in them), counted by the writer.
+    /// Group commits, entries in them and WAL syncs, counted by the writer.
     groups: Arc<GroupStats>,
 }
 
@@ -258,13 +267,8 @@ async fn commit_audited(
         tx.rollback().await.map_err(db_err)?;
         return Ok(chained);
     };
-    let backend = if tx.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME {
-        Backend::Sqlite
-    } else {
-        Backend::Postgres
-    };
     // Only placeholders are generated here; every value is bound.
-    let sql = insert_entries_sql(backend, chained.len());
+    let sql = insert_entries_sql(Backend::of_connection(tx.backend_name()), chained.len());
     bind_entries(sqlx::query(sqlx::AssertSqlSafe(sql)), &chained)
         .bind(last.seq)
         .bind(&last.hash)
@@ -276,7 +280,7 @@ async fn commit_audited(
 }
 
 /// `$first, $first+1, ...` (`count` of them).
-fn placeholders(first: usize, count: usize) -> String {
+pub(super) fn placeholders(first: usize, count: usize) -> String {
     (first..first + count)
         .map(|n| format!("${n}"))
         .collect::<Vec<_>>()

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
-use super::sql::{bind_entries, chain_entries, db_err, insert_entries_sql};
-use super::{StoreError, StoreResult, UseGuard};
+use super::sql::{bind_entries, chain_entries, db_err, insert_entries_sql, placeholders};
+use super::{Backend, StoreError, StoreResult, UseGuard};
 use crate::audit::{AuditEntry, NewAuditEntry};
 
 /// Most entries one group commit writes (13 bound parameters each: well under SQLite's and
@@ -56,7 +56,7 @@ pub(super) struct GroupStats {
 /// The writer's connection and how its commits become durable.
 struct WriterConn {
     conn: AnyConnection,
-    sqlite: bool,
+    backend: Backend,
     /// SQLite in WAL mode on a file: the connection commits without syncing and this WAL file must
     /// be synced before the group is answered. `None`: a commit is durable when it returns.
     wal: Option<PathBuf>,
@@ -66,11 +66,11 @@ impl WriterConn {
     /// Take a connection out of the pool for good (the pool may open a replacement) and set it up.
     async fn open(pool: &AnyPool) -> StoreResult<WriterConn> {
         let mut conn = pool.acquire().await.map_err(db_err)?.detach();
-        let sqlite = conn.backend_name() == <sqlx::Sqlite as sqlx::Database>::NAME;
-        if !sqlite {
+        let backend = Backend::of_connection(conn.backend_name());
+        if backend == Backend::Postgres {
             return Ok(WriterConn {
                 conn,
-                sqlite,
+                backend,
                 wal: None,
             });
         }
@@ -92,7 +92,7 @@ impl WriterConn {
         } else {
             None
         };
-        Ok(WriterConn { conn, sqlite, wal })
+        Ok(WriterConn { conn, backend, wal })
     }
 }
 
@@ -317,8 +317,8 @@ async fn lock_head_and_check(
     writer: &mut WriterConn,
     batch: &[PendingAppend],
 ) -> StoreResult<((i64, String), Vec<bool>)> {
-    let guards = GuardQuery::of(batch, writer.sqlite);
-    let rows = if writer.sqlite {
+    let guards = GuardQuery::of(batch, writer.backend);
+    let rows = if writer.backend == Backend::Sqlite {
         // One script: BEGIN IMMEDIATE takes the write lock at once, so the reads after it see
         // everything committed before and nothing can commit until we do.
         let mut sql = String::from(
@@ -361,13 +361,9 @@ async fn append_and_commit(writer: &mut WriterConn, chained: &[AuditEntry]) -> S
         // Every guard failed: nothing to write.
         return end(writer, "ROLLBACK").await;
     };
-    let backend = if writer.sqlite {
-        super::Backend::Sqlite
-    } else {
-        super::Backend::Postgres
-    };
-    let mut sql = insert_entries_sql(backend, chained.len());
-    if writer.sqlite {
+    let sqlite = writer.backend == Backend::Sqlite;
+    let mut sql = insert_entries_sql(writer.backend, chained.len());
+    if sqlite {
         sql.push_str("; COMMIT");
     }
     bind_entries(sqlx::query(sqlx::AssertSqlSafe(sql)), chained)
@@ -376,7 +372,7 @@ async fn append_and_commit(writer: &mut WriterConn, chained: &[AuditEntry]) -> S
         .execute(&mut writer.conn)
         .await
         .map_err(db_err)?;
-    if writer.sqlite {
+    if sqlite {
         Ok(())
     } else {
         end(writer, "COMMIT").await
@@ -400,7 +396,7 @@ struct GuardQuery<'a> {
 
 impl<'a> GuardQuery<'a> {
     /// `None` when no entry of the group carries a guard.
-    fn of(batch: &'a [PendingAppend], positional: bool) -> Option<GuardQuery<'a>> {
+    fn of(batch: &'a [PendingAppend], backend: Backend) -> Option<GuardQuery<'a>> {
         let guards: Vec<&UseGuard> = batch.iter().filter_map(|p| p.guard.as_ref()).collect();
         if guards.is_empty() {
             return None;
@@ -413,16 +409,10 @@ impl<'a> GuardQuery<'a> {
         key_ids.dedup();
         // `?` on SQLite (it binds `$N` by looking each name up in a list), `$N` on PostgreSQL.
         let params = |first: usize, count: usize| -> String {
-            (first..first + count)
-                .map(|n| {
-                    if positional {
-                        "?".to_owned()
-                    } else {
-                        format!("${n}")
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
+            match backend {
+                Backend::Sqlite => vec!["?"; count].join(", "),
+                Backend::Postgres => placeholders(first, count),
+            }
         };
         // Rows of kind 't': a live token (expiry at commit time: an entry that waited past its
         // token's expiry releases nothing). Rows of kind 'v': one per version of a guarded key,
