@@ -329,9 +329,10 @@ async fn concurrent_uses_each_get_a_durable_entry() {
 }
 
 /// SQLite: the audit writer commits without syncing and answers only after its own `fdatasync` of
-/// the WAL. When that sync cannot be done, the requests waiting on it fail and release nothing.
-/// (The WAL file is removed under the running server: SQLite keeps writing to its open
-/// descriptor, and the writer's sync, which opens the file by name, fails.)
+/// the WAL. When that sync cannot be done, the requests waiting on it fail and release nothing,
+/// and the writer stops for good: a later sync could succeed without the lost pages. (The WAL file
+/// is removed under the running server: SQLite keeps writing to its open descriptor, and the
+/// writer's sync, which opens the file by name, fails.)
 #[tokio::test]
 async fn a_failed_wal_sync_releases_no_key() {
     let s = TestServer::start(Backend::Sqlite).await;
@@ -345,7 +346,7 @@ async fn a_failed_wal_sync_releases_no_key() {
     let wal = s.data_dir().join("pqkms.db-wal");
     std::fs::remove_file(&wal).expect("the WAL exists while the server runs");
     let (st, v) = s
-        .call(Method::POST, path, Some(&t.encrypt), Some(body))
+        .call(Method::POST, path, Some(&t.encrypt), Some(body.clone()))
         .await;
     assert!(st.is_server_error(), "{st} {v}");
     assert!(v.get("plaintext").is_none(), "{v}");
@@ -355,5 +356,20 @@ async fn a_failed_wal_sync_releases_no_key() {
         !text.contains("wal") && !text.contains("No such file"),
         "{text}"
     );
+    // A file at the WAL's path again, so a sync by name would now succeed: the writer still
+    // refuses, and the node reports itself not ready.
+    std::fs::write(&wal, b"").expect("recreate");
+    let (st, v) = s
+        .call(Method::POST, path, Some(&t.encrypt), Some(body))
+        .await;
+    assert!(st.is_server_error(), "{st} {v}");
+    assert!(v.get("plaintext").is_none(), "{v}");
+    let ready = s
+        .http
+        .get(format!("{}/readyz", s.base))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     s.stop().await;
 }

@@ -447,9 +447,13 @@ macro_rules! select_versions {
 #[async_trait]
 impl Store for SqlStore {
     async fn ping(&self) -> StoreResult<()> {
-        // Not ready without a writer: every key use would fail.
+        // Not ready without a writer, or with one that stopped after a failed WAL sync: every
+        // key use would fail.
         if self.appender.is_closed() {
             return Err(StoreError::Database("audit writer stopped".into()));
+        }
+        if let Some(e) = self.groups.halted() {
+            return Err(e);
         }
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -24,7 +24,7 @@ use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 use super::sql::{bind_entries, chain_entries, db_err, insert_entries_sql, placeholders};
@@ -51,6 +51,19 @@ pub(super) struct GroupStats {
     pub(super) entries: AtomicU64,
     /// WAL syncs done by [`sync_loop`] (SQLite only; each covers one or more commits).
     pub(super) syncs: AtomicU64,
+    /// A WAL sync failed: the writer has stopped appending (see [`sync_loop`]).
+    pub(super) sync_failed: AtomicBool,
+}
+
+impl GroupStats {
+    /// The error every append gets once a WAL sync has failed.
+    pub(super) fn halted(&self) -> Option<StoreError> {
+        self.sync_failed.load(Ordering::Acquire).then(|| {
+            StoreError::Database(
+                "audit WAL sync failed earlier: appends stopped until the node restarts".into(),
+            )
+        })
+    }
 }
 
 /// The writer's connection and how its commits become durable.
@@ -141,15 +154,29 @@ impl Syncer {
 
 /// Sync the WAL for every group committed so far, answer them, repeat. A sync that starts after a
 /// group's `COMMIT` returned covers it; all groups queued by then share it.
+///
+/// A failed sync stops the writer for good (fail-stop, as PostgreSQL does on a failed fsync): after
+/// one, the kernel may have dropped the unwritten pages and a later sync can succeed without them,
+/// and SQLite's recovery discards every WAL frame after a missing one — so no later answer could
+/// promise durability. Every waiting and later append fails, `/readyz` fails, and a restart
+/// recovers from what is on disk.
 fn sync_loop(wal: &Path, queue: &std::sync::mpsc::Receiver<Committed>, stats: &GroupStats) {
     while let Ok(first) = queue.recv() {
         let mut ready = vec![first];
         ready.extend(queue.try_iter());
-        let durable = sync_wal(wal);
-        if let Err(e) = &durable {
-            tracing::error!(error = %e, "audit WAL sync failed");
-        } else {
-            stats.syncs.fetch_add(1, Ordering::Relaxed);
+        let durable = match stats.halted() {
+            Some(e) => Err(e),
+            None => sync_wal(wal),
+        };
+        match &durable {
+            Ok(()) => {
+                stats.syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if !stats.sync_failed.swap(true, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "audit WAL sync failed: no more appends until restart");
+                }
+            }
         }
         for group in ready {
             group.answer(&durable);
@@ -200,6 +227,10 @@ pub(super) async fn group_commit(
             .filter(|p| !p.done.is_closed())
             .collect();
         if batch.is_empty() {
+            continue;
+        }
+        if let Some(e) = stats.halted() {
+            fail_all(batch, &e);
             continue;
         }
         let writer = match held.take() {
