@@ -190,6 +190,12 @@ fn readme_walkthrough_with_the_real_binary() {
             !log.contains(operator) && !log.contains(&app),
             "token in log"
         );
+        // Every connection closed, the audit writer's own included: SQLite checkpointed the WAL
+        // into the database file and removed it.
+        assert!(
+            !data.join("pqkms.db-wal").exists(),
+            "WAL left after a graceful stop"
+        );
     }
     #[cfg(not(unix))]
     {

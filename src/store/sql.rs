@@ -6,7 +6,7 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::writer::{GroupStats, MAX_GROUP, PendingAppend, group_commit};
 use super::{
@@ -54,6 +54,8 @@ pub struct SqlStore {
     appender: mpsc::Sender<PendingAppend>,
     /// Group commits, entries in them and WAL syncs, counted by the writer.
     groups: Arc<GroupStats>,
+    /// Whether the writer has its connection open (see [`SqlStore::close`]).
+    writer_connected: watch::Receiver<bool>,
 }
 
 pub(super) fn db_err(e: sqlx::Error) -> StoreError {
@@ -112,12 +114,14 @@ impl SqlStore {
             .map_err(|e| StoreError::Database(e.to_string()))?;
         let (appender, queue) = mpsc::channel(4 * MAX_GROUP);
         let groups = Arc::new(GroupStats::default());
-        tokio::spawn(group_commit(pool.clone(), queue, groups.clone()));
+        let (connected, writer_connected) = watch::channel(false);
+        tokio::spawn(group_commit(pool.clone(), queue, groups.clone(), connected));
         Ok(SqlStore {
             pool,
             backend,
             appender,
             groups,
+            writer_connected,
         })
     }
 
@@ -985,7 +989,15 @@ impl Store for SqlStore {
     }
 
     async fn close(&self) {
-        self.pool.close().await;
+        // Closing the pool signals the writer, whose connection is outside the pool, to close its
+        // own; wait for both, so SQLite's last connection closes (checkpointing the WAL) before we
+        // return.
+        let mut connected = self.writer_connected.clone();
+        let writer_closed = async move {
+            // An error means the writer has ended, and with it its connection.
+            let _ = connected.wait_for(|open| !*open).await;
+        };
+        tokio::join!(self.pool.close(), writer_closed);
     }
 
     async fn blind_index_secret(

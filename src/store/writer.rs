@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::sql::{bind_entries, chain_entries, db_err, insert_entries_sql, placeholders};
 use super::{Backend, StoreError, StoreResult, UseGuard};
@@ -195,11 +195,14 @@ fn sync_wal(wal: &Path) -> StoreResult<()> {
         .map_err(io)
 }
 
-/// The writer's loop; see the module documentation.
+/// The writer's loop; see the module documentation. `holds_connection` says whether the writer has
+/// a connection open, so that closing the store can wait until it is closed: it is outside the
+/// pool, and SQLite checkpoints and removes the WAL only when its last connection closes.
 pub(super) async fn group_commit(
     pool: AnyPool,
     mut queue: mpsc::Receiver<PendingAppend>,
     stats: Arc<GroupStats>,
+    holds_connection: watch::Sender<bool>,
 ) {
     // Kept across groups: no pool checkout (and its liveness ping) per group. After a failed or
     // panicked group the connection is dropped (which also ends any transaction it had open) and
@@ -215,6 +218,7 @@ pub(super) async fn group_commit(
                 if let Some(writer) = held.take() {
                     let _ = writer.conn.close().await;
                 }
+                holds_connection.send_replace(false);
                 continue;
             }
         };
@@ -236,7 +240,10 @@ pub(super) async fn group_commit(
         let writer = match held.take() {
             Some(writer) => writer,
             None => match WriterConn::open(&pool).await {
-                Ok(writer) => writer,
+                Ok(writer) => {
+                    holds_connection.send_replace(true);
+                    writer
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "audit group commit cannot get a connection");
                     fail_all(batch, &e);
@@ -255,10 +262,12 @@ pub(super) async fn group_commit(
             Ok((writer, Ok(committed))) => (writer, committed),
             Ok((_, Err(e))) => {
                 tracing::error!(error = %e, "audit group commit failed");
+                holds_connection.send_replace(false);
                 continue;
             }
             Err(e) => {
                 tracing::error!(error = %e, "audit group commit panicked");
+                holds_connection.send_replace(false);
                 continue;
             }
         };
