@@ -271,12 +271,15 @@ pub(super) async fn group_commit(
                 continue;
             }
         };
-        if !committed.entries.is_empty() {
-            stats.commits.fetch_add(1, Ordering::Relaxed);
-            stats
-                .entries
-                .fetch_add(committed.entries.len() as u64, Ordering::Relaxed);
+        if committed.entries.is_empty() {
+            // Every guard failed: nothing was written, nothing to sync or answer.
+            held = Some(writer);
+            continue;
         }
+        stats.commits.fetch_add(1, Ordering::Relaxed);
+        stats
+            .entries
+            .fetch_add(committed.entries.len() as u64, Ordering::Relaxed);
         match writer.wal.clone() {
             None => committed.answer(&Ok(())),
             Some(wal) => {
@@ -294,7 +297,9 @@ pub(super) async fn group_commit(
                 if let Some(s) = &syncer
                     && let Err(std::sync::mpsc::SendError(committed)) = s.committed.send(committed)
                 {
+                    // The thread died with groups unsynced: as after a failed sync, stop.
                     syncer = None;
+                    stats.sync_failed.store(true, Ordering::Release);
                     committed.answer(&Err(StoreError::Database(
                         "audit WAL sync thread stopped".into(),
                     )));
