@@ -280,11 +280,11 @@ pub(super) async fn group_commit(
         stats
             .entries
             .fetch_add(committed.entries.len() as u64, Ordering::Relaxed);
-        match writer.wal.clone() {
+        match &writer.wal {
             None => committed.answer(&Ok(())),
             Some(wal) => {
-                if syncer.as_ref().is_none_or(|s| s.wal != wal) {
-                    match Syncer::start(wal, stats.clone()) {
+                if syncer.as_ref().is_none_or(|s| &s.wal != wal) {
+                    match Syncer::start(wal.clone(), stats.clone()) {
                         Ok(s) => syncer = Some(s),
                         Err(e) => {
                             tracing::error!(error = %e, "audit group commit cannot sync");
