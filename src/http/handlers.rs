@@ -128,20 +128,33 @@ pub(super) fn decided<T>(result: ApiResult<T>, read: Read) -> ApiResult<T> {
     }
 }
 
+/// How many times a key use is decided on fresh rows before the client is told to retry (503
+/// `retry`): each fresh attempt can still go stale if the key changes again before its audit
+/// commit, which a burst of rotations does.
+const FRESH_ATTEMPTS: usize = 3;
+
 /// Run a key use on cached rows ([`Read::Cached`]); if its audit guard failed because the token
-/// or key changed meanwhile (another node revoked, rotated, disabled...), run it once more on
-/// fresh rows, which decide exactly as an uncached service would.
+/// or key changed meanwhile (another node revoked, rotated, disabled...), run it again on fresh
+/// rows, which decide exactly as an uncached service would — up to [`FRESH_ATTEMPTS`] times while
+/// the state keeps changing under it.
 pub(super) async fn with_fresh_retry<F, Fut>(mut attempt: F) -> ApiResult<Response>
 where
     F: FnMut(Read) -> Fut,
     Fut: std::future::Future<Output = ApiResult<Response>>,
 {
-    match attempt(Read::Cached).await {
+    let mut result = match attempt(Read::Cached).await {
         // A 404 is re-decided too: the caller's token may have been revoked on another node, and
         // a revoked token must get 401, not learn which names exist.
         Err(ApiError::Stale | ApiError::NotFound(_)) => attempt(Read::Fresh).await,
-        other => other,
+        other => return other,
+    };
+    for _ in 1..FRESH_ATTEMPTS {
+        match result {
+            Err(ApiError::Stale) => result = attempt(Read::Fresh).await,
+            other => return other,
+        }
     }
+    result
 }
 
 pub(super) fn context_of(map: Option<BTreeMap<String, String>>) -> EncryptionContext {
