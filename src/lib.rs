@@ -2,8 +2,8 @@
 //!
 //! Layout: [`config`] and [`server`] start the service; [`http`] is the v1 API; [`auth`] checks
 //! tokens and roles; [`keys`] creates and caches tenant keys (formats and crypto live in the
-//! `pqkms-envelope` crate, and their heavy operations run on [`crypto_pool`]); [`store`] persists to SQLite or PostgreSQL; [`audit`] is the hash
-//! chain; [`cli`] is the command line.
+//! `pqkms-envelope` crate, and their heavy operations run on [`crypto_pool`]); [`store`] persists
+//! to SQLite or PostgreSQL; [`audit`] is the hash chain; [`cli`] is the command line.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -355,6 +355,11 @@ async fn commit_group(
     }
 }
 
+/// Take the audit-head lock with a no-op update that returns the head as a row of kind 'h', in the
+/// guard rows' shape (see [`guards_holding`]).
+const LOCK_HEAD: &str = "UPDATE audit_head SET seq = seq WHERE id = 1 \
+     RETURNING 'h' AS kind, hash AS id, seq AS floor, 0 AS version, '' AS state";
+
 /// Open the transaction, take the audit-head lock, and check the group's guards after it — so a
 /// revocation or key change commits either wholly before the check (and is seen) or after these
 /// entries (which then came first). Returns the head and, per pending entry, whether it may go in.
@@ -366,10 +371,7 @@ async fn lock_head_and_check(
     let rows = if writer.backend == Backend::Sqlite {
         // One script: BEGIN IMMEDIATE takes the write lock at once, so the reads after it see
         // everything committed before and nothing can commit until we do.
-        let mut sql = String::from(
-            "BEGIN IMMEDIATE; UPDATE audit_head SET seq = seq WHERE id = 1 \
-             RETURNING 'h' AS kind, hash AS id, seq AS floor, 0 AS version, '' AS state",
-        );
+        let mut sql = format!("BEGIN IMMEDIATE; {LOCK_HEAD}");
         if let Some(g) = &guards {
             sql.push_str("; ");
             sql.push_str(&g.sql);
@@ -383,13 +385,10 @@ async fn lock_head_and_check(
         // PostgreSQL cannot prepare two statements as one; the first has no parameters, so it
         // goes with BEGIN over the simple protocol. The guard check must be its own statement:
         // at READ COMMITTED it then reads what committed before the head lock was granted.
-        let mut rows = sqlx::raw_sql(
-            "BEGIN; UPDATE audit_head SET seq = seq WHERE id = 1 \
-             RETURNING 'h' AS kind, hash AS id, seq AS floor, 0 AS version, '' AS state",
-        )
-        .fetch_all(&mut writer.conn)
-        .await
-        .map_err(db_err)?;
+        let mut rows = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; {LOCK_HEAD}")))
+            .fetch_all(&mut writer.conn)
+            .await
+            .map_err(db_err)?;
         if let Some(g) = &guards {
             let q = g.bind(sqlx::query(sqlx::AssertSqlSafe(g.sql.clone())));
             rows.extend(q.fetch_all(&mut writer.conn).await.map_err(db_err)?);
