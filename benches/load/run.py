@@ -664,6 +664,11 @@ def measure(t: Target, scenario: str, conns: int, seconds: int, warmup: int, wrk
             spec: list[str] | None = None, perf_dir: Path | None = None) -> dict:
     spec = spec or t.specs[scenario]
     totals = {"requests": 0, "ok": 0}
+    # Start every point with no dirty page cache: otherwise the kernel writes back what the points
+    # before wrote (OpenBao's audit file grows by ~100 MB a point and is never synced by OpenBao)
+    # during this one, on the same disk this point's fsyncs wait for.
+    dirty_mb = dirty_kb() / 1024
+    os.sync()
     if warmup > 0:
         w = wrk.run(t.port, spec, conns, warmup)
         totals["requests"] += w["requests"]
@@ -717,6 +722,7 @@ def measure(t: Target, scenario: str, conns: int, seconds: int, warmup: int, wrk
         # builds and tests running at the same time): how noisy this point was.
         "foreign_cpu_cores": round(max(0.0, busy_s - server_s - db_s - wrk_s) / wall, 2)
         if wall else None,
+        "dirty_mb_synced_before": round(dirty_mb, 1),
         "_totals": totals,
     }
     if not point["first_error"] and errors:
@@ -734,6 +740,7 @@ def measure(t: Target, scenario: str, conns: int, seconds: int, warmup: int, wrk
         point["entries_per_commit"] = round(
             (groups1[1] - groups0[1]) / (groups1[0] - groups0[0]), 1)
         point["commits_per_s"] = round((groups1[0] - groups0[0]) / wall, 1) if wall else None
+        point["wal_syncs_per_s"] = round((groups1[2] - groups0[2]) / wall, 1) if wall else None
     if t.audit_file is not None:
         point["audit_bytes_per_req"] = round((audit1 - audit0) / n, 1) if n else None
         if n and audit1 <= audit0:
@@ -743,8 +750,9 @@ def measure(t: Target, scenario: str, conns: int, seconds: int, warmup: int, wrk
     log(f"{t.label:15} {scenario:10} c={conns:<3} {point['rps']:>9.1f} req/s  "
         f"p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} p99.9 {lat['p999']:.2f} ms  "
         f"cpu {point['server_cpu_us_per_req']} us/req  errors {point['errors']}"
-        + (f"  {point['entries_per_commit']} entries/commit" if "entries_per_commit" in point
-           else "") + flag)
+        + (f"  {point['entries_per_commit']} entries/commit, {point['commits_per_s']:.0f} "
+           f"commits/s, {point['wal_syncs_per_s']:.0f} WAL syncs/s"
+           if "entries_per_commit" in point else "") + flag)
     if point["errors"] and point["first_error"]:
         log(f"    first error: {point['first_error']}")
     return point
@@ -997,19 +1005,31 @@ def run_compare(args, res: Resources, bins: Binaries, logs: Path, workdir: Path)
     return 0
 
 
-def metrics_groups(h: Http) -> tuple[float, float] | None:
-    """(audit group commits, entries in them) so far, from /metrics."""
+def dirty_kb() -> int:
+    """Dirty page cache not yet written back, machine-wide (kB, /proc/meminfo)."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Dirty:"):
+                return int(line.split()[1])
+    return 0
+
+
+def metrics_groups(h: Http) -> tuple[float, float, float] | None:
+    """(audit group commits, entries in them, WAL syncs) so far, from /metrics. The WAL syncs
+    count only on SQLite (0 on PostgreSQL, whose commit is durable itself)."""
     status, body = h.request("GET", "/metrics")
     if status != 200 or not isinstance(body, str):
         return None
+    names = ("pqkms_audit_group_commits_total", "pqkms_audit_group_entries_total",
+             "pqkms_audit_wal_syncs_total")
     found = {}
     for line in body.splitlines():
-        for name in ("pqkms_audit_group_commits_total", "pqkms_audit_group_entries_total"):
+        for name in names:
             if line.startswith(name + " "):
                 found[name] = float(line.split()[-1])
-    if len(found) != 2:
+    if len(found) != len(names):
         return None
-    return found["pqkms_audit_group_commits_total"], found["pqkms_audit_group_entries_total"]
+    return tuple(found[n] for n in names)
 
 
 def metrics_cached(h: Http) -> int | None:

@@ -119,6 +119,23 @@ impl NewAuditEntry {
 }
 
 impl AuditEntry {
+    /// The entry as a handler recorded it, out of the chain again: to seal it after another head
+    /// when the one it was chained after turned out not to be the chain's newest.
+    pub fn unchained(self) -> NewAuditEntry {
+        NewAuditEntry {
+            time_ms: self.time_ms,
+            principal: self.principal,
+            tenant: self.tenant,
+            key: self.key,
+            version: self.version,
+            operation: self.operation,
+            outcome: self.outcome,
+            request_id: self.request_id,
+            context_hash: self.context_hash,
+            detail: self.detail,
+        }
+    }
+
     /// The hash this entry should have, from its fields and `prev_hash`.
     pub fn compute_hash(&self) -> String {
         fn field(h: &mut Sha256, s: Option<&str>) {

@@ -48,6 +48,15 @@ impl Metrics {
         );
         out.push_str("# TYPE pqkms_audit_wal_syncs_total counter\n");
         let _ = writeln!(out, "pqkms_audit_wal_syncs_total {}", groups.wal_syncs);
+        out.push_str(
+            "# HELP pqkms_audit_one_statement_commits_total Of the group commits, those written in one statement (PostgreSQL).\n",
+        );
+        out.push_str("# TYPE pqkms_audit_one_statement_commits_total counter\n");
+        let _ = writeln!(
+            out,
+            "pqkms_audit_one_statement_commits_total {}",
+            groups.one_statement_commits
+        );
         out
     }
 }

@@ -8,6 +8,8 @@
 
 mod directory;
 mod sql;
+#[cfg(test)]
+mod test_db;
 mod writer;
 
 use async_trait::async_trait;
@@ -176,6 +178,9 @@ pub struct GroupCommitStats {
     pub entries: u64,
     /// WAL syncs (SQLite only; one covers every group committed before it started).
     pub wal_syncs: u64,
+    /// Of `commits`, those made in one statement (PostgreSQL, while this node's writer is the only
+    /// one appending; docs/OPERATIONS.md).
+    pub one_statement_commits: u64,
 }
 
 /// The persistence the service needs. Methods that change state take the audit entry that

@@ -985,6 +985,7 @@ impl Store for SqlStore {
             commits: self.groups.commits.load(Ordering::Relaxed),
             entries: self.groups.entries.load(Ordering::Relaxed),
             wal_syncs: self.groups.syncs.load(Ordering::Relaxed),
+            one_statement_commits: self.groups.one_statement.load(Ordering::Relaxed),
         }
     }
 
@@ -1074,6 +1075,7 @@ impl Store for SqlStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::test_db::TestPostgres;
     use super::*;
 
     /// On a PostgreSQL database whose defaults are SERIALIZABLE and `synchronous_commit = off`,
@@ -1081,35 +1083,15 @@ mod tests {
     /// `PQKMS_TEST_POSTGRES_URL` (CI sets it); skipped with a warning without it.
     #[tokio::test]
     async fn postgres_sessions_are_read_committed_and_durable_whatever_the_defaults() {
-        let Ok(admin_url) = std::env::var("PQKMS_TEST_POSTGRES_URL") else {
-            eprintln!("WARNING: PQKMS_TEST_POSTGRES_URL is not set: PostgreSQL test skipped");
+        let Some(db) = TestPostgres::create(&[
+            "ALTER DATABASE {db} SET default_transaction_isolation = 'serializable'",
+            "ALTER DATABASE {db} SET synchronous_commit = 'off'",
+        ])
+        .await
+        else {
             return;
         };
-        sqlx::any::install_default_drivers();
-        let mut id = [0u8; 6];
-        getrandom::fill(&mut id).expect("random");
-        let db = format!("pqkms_unit_{}", hex::encode(id));
-        let admin = AnyPool::connect(&admin_url)
-            .await
-            .expect("PostgreSQL at PQKMS_TEST_POSTGRES_URL is unreachable");
-        for sql in [
-            format!("CREATE DATABASE {db}"),
-            format!("ALTER DATABASE {db} SET default_transaction_isolation = 'serializable'"),
-            format!("ALTER DATABASE {db} SET synchronous_commit = 'off'"),
-        ] {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&admin)
-                .await
-                .expect("set up database");
-        }
-        let (head, query) = admin_url
-            .split_once('?')
-            .map_or((admin_url.as_str(), None), |(h, q)| (h, Some(q)));
-        let base = &head[..head.rfind('/').expect("database in URL")];
-        let url = match query {
-            Some(q) => format!("{base}/{db}?{q}"),
-            None => format!("{base}/{db}"),
-        };
+        let url = db.url.clone();
         let store = SqlStore::connect(&url, 2).await.expect("connect");
         let mut conn = store.pool.acquire().await.expect("connection");
         let isolation: String = sqlx::query_scalar("SHOW transaction_isolation")
@@ -1122,12 +1104,7 @@ mod tests {
             .expect("show");
         drop(conn);
         store.pool.close().await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-        )))
-        .execute(&admin)
-        .await
-        .expect("drop database");
+        db.drop_database().await;
         assert_eq!(
             (isolation.as_str(), sync.as_str()),
             ("read committed", "on")
