@@ -520,25 +520,31 @@ struct GuardsJson {
 
 fn guards_json(batch: &[PendingAppend]) -> GuardsJson {
     let mut tokens: Vec<&str> = Vec::new();
-    let mut keys: Vec<(&str, i64, String)> = Vec::new();
+    let mut keys: Vec<(&str, i64, &[(i64, String)])> = Vec::new();
     for g in batch.iter().filter_map(|p| p.guard.as_ref()) {
         if !tokens.contains(&g.token_id.as_str()) {
             tokens.push(&g.token_id);
         }
-        let versions = g
-            .versions
-            .iter()
-            .map(|(v, state)| format!("{v}:{state}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let key = (g.key_id.as_str(), g.min_decryption_version, versions);
+        let key = (
+            g.key_id.as_str(),
+            g.min_decryption_version,
+            g.versions.as_slice(),
+        );
         if !keys.contains(&key) {
             keys.push(key);
         }
     }
     let keys: Vec<serde_json::Value> = keys
         .into_iter()
-        .map(|(id, floor, versions)| serde_json::json!({"id": id, "floor": floor, "versions": versions}))
+        .map(|(id, floor, versions)| {
+            // The form the statement's `string_agg` builds: "1:enabled,2:disabled", oldest first.
+            let versions = versions
+                .iter()
+                .map(|(v, state)| format!("{v}:{state}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            serde_json::json!({"id": id, "floor": floor, "versions": versions})
+        })
         .collect();
     GuardsJson {
         tokens: serde_json::Value::from(tokens).to_string(),
