@@ -173,12 +173,15 @@ async fn begin_audited(pool: &AnyPool) -> StoreResult<(Transaction<'static, Any>
     Ok((tx, seq, hash))
 }
 
-/// Take the audit-head lock and read the head, in one statement: a no-op update that returns it.
-async fn lock_head(tx: &mut Transaction<'_, Any>) -> StoreResult<(i64, String)> {
-    let row = sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1 RETURNING seq, hash")
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(db_err)?;
+/// Take the audit-head lock and read the head, in one statement: an update that returns it.
+pub(super) async fn lock_head(tx: &mut Transaction<'_, Any>) -> StoreResult<(i64, String)> {
+    // Bumping `epoch` marks that this transaction held the lock, appending or not (see
+    // migrations/*/0004_head_lock_epoch.sql).
+    let row =
+        sqlx::query("UPDATE audit_head SET epoch = epoch + 1 WHERE id = 1 RETURNING seq, hash")
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(db_err)?;
     let seq: i64 = row.try_get("seq").map_err(db_err)?;
     let hash: String = row.try_get("hash").map_err(db_err)?;
     Ok((seq, hash))

@@ -16,8 +16,10 @@
 //!   the same guarantee as `synchronous = FULL` (whose only difference in WAL mode is that sync, at
 //!   each commit), but the writer already writes the next group while the disk syncs this one, and
 //!   one sync covers every group committed before it started.
-//! - PostgreSQL: `BEGIN` + head lock (one simple-protocol script), the guard check, the insert with
-//!   the head move (a data-modifying CTE), `COMMIT` (durable when it returns).
+//! - PostgreSQL: one autocommit statement while this writer is the only one taking the head lock
+//!   ([`append_in_one_statement`]); otherwise, and whenever that statement writes nothing, four:
+//!   `BEGIN` + head lock (one simple-protocol script), the guard check, the insert with the head
+//!   move (a data-modifying CTE), `COMMIT` (durable when it returns).
 
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row};
@@ -75,8 +77,8 @@ struct WriterConn {
     /// SQLite in WAL mode on a file: the connection commits without syncing and this WAL file must
     /// be synced before the group is answered. `None`: a commit is durable when it returns.
     wal: Option<PathBuf>,
-    /// The chain's head as this writer last left it (PostgreSQL's one-statement path).
-    head: Option<(i64, String)>,
+    /// The head row as this writer last left it (PostgreSQL's one-statement path).
+    head: Option<Head>,
     /// Groups still to go the long way after the one-statement path missed.
     skip_fast: u32,
 }
@@ -121,6 +123,15 @@ impl WriterConn {
             skip_fast: 0,
         })
     }
+}
+
+/// The audit-head row: the newest entry's seq and hash, and how many transactions have taken the
+/// head lock (migrations/*/0004_head_lock_epoch.sql).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Head {
+    seq: i64,
+    hash: String,
+    epoch: i64,
 }
 
 /// A group whose transaction committed: the entries written and who waits for each.
@@ -335,8 +346,10 @@ fn fail_all(batch: Vec<PendingAppend>, e: &StoreError) {
     }
 }
 
-/// Lock the head, check guards, write the entries that pass and commit. Stale guards are answered
-/// here; the written entries are returned to be answered once durable. On an error every request
+/// Write the group: in one statement when that path applies and every guard holds
+/// ([`append_in_one_statement`]); otherwise lock the head, check guards, write the entries that
+/// pass and commit. Stale guards are answered here; the written entries are returned to be
+/// answered once durable. On an error every request
 /// of the group is answered with it, and the caller drops the connection (ending its transaction).
 async fn commit_group(
     writer: &mut WriterConn,
@@ -363,12 +376,20 @@ async fn commit_group(
             let _ = p.done.send(Err(StoreError::Stale));
         }
     }
-    let chained = chain_entries(head.0, &head.1, entries);
+    let chained = chain_entries(head.seq, &head.hash, entries);
     match append_and_commit(writer, &chained).await {
         Ok(()) => {
             writer.head = Some(match chained.last() {
-                Some(last) => (last.seq, last.hash.clone()),
-                None => head,
+                Some(last) => Head {
+                    seq: last.seq,
+                    hash: last.hash.clone(),
+                    epoch: head.epoch,
+                },
+                // Rolled back (every guard failed), and the lock's epoch bump with it.
+                None => Head {
+                    epoch: head.epoch - 1,
+                    ..head
+                },
             });
             Ok(Committed {
                 waiters,
@@ -402,13 +423,15 @@ enum OneStatement {
 /// where this writer left it, checks every guard of the group, and appends the entries chained
 /// after it — all or nothing, durable when it returns. One round trip instead of four.
 ///
-/// Why it decides as the long way does: the head update takes the head's row lock. A state change
-/// (revocation, rotation, retirement) also takes that lock and moves the head in the same
-/// transaction, so it either committed before this statement's snapshot (the guards see it) or it
-/// committed while this statement waited for the lock — then PostgreSQL re-checks the update
-/// against the newest head row, whose seq is no longer the expected one, and nothing is written —
-/// or it waits until this statement has committed (these entries come first). Any failed guard
-/// also writes nothing; the long way then decides per entry.
+/// Why it decides as the long way does: the head update takes the head's row lock, and requires the
+/// row to be exactly as this writer left it — seq, hash and `epoch`, which every other taker of the
+/// lock bumps ([`super::sql::lock_head`], [`LOCK_HEAD`]) whether it appends or not. Any transaction
+/// that changes tokens or keys takes that lock first. So it either committed before this
+/// statement's snapshot (the guards see its changes — and the epoch differs, so nothing is written
+/// anyway), or it committed while this statement waited for the lock — PostgreSQL then re-checks
+/// the update against the newest head row, whose epoch is no longer the expected one, and nothing
+/// is written — or it waits until this statement has committed (these entries come first). Any
+/// failed guard also writes nothing; the long way then decides per entry.
 async fn append_in_one_statement(
     writer: &mut WriterConn,
     batch: Vec<PendingAppend>,
@@ -431,27 +454,30 @@ async fn append_in_one_statement(
         entries.push(p.entry);
         rest.push((p.guard, p.done));
     }
-    let chained = chain_entries(head.0, &head.1, entries);
-    let written = match serde_json::to_string(&chained) {
+    let chained = chain_entries(head.seq, &head.hash, entries);
+    let written = match rows_json(&chained) {
         Ok(rows) => run_one_statement(writer, &head, &guards, &chained, rows).await,
-        Err(e) => Err(StoreError::Database(format!("audit entries as JSON: {e}"))),
+        Err(e) => Err(e),
     };
     match written {
-        Ok((n, _)) if n == count as i64 => {
-            if let Some(last) = chained.last() {
-                writer.head = Some((last.seq, last.hash.clone()));
-            }
+        Ok(done) if done.appended == count as i64 => {
+            writer.head = chained.last().map(|last| Head {
+                seq: last.seq,
+                hash: last.hash.clone(),
+                epoch: head.epoch + 1,
+            });
             Ok(OneStatement::Committed(Committed {
                 waiters: rest.into_iter().map(|(_, done)| done).collect(),
                 entries: chained,
                 one_statement: true,
             }))
         }
-        Ok((0, head_seq)) => {
-            // The head as expected: a guard failed (a use decided on rows that have changed), and
-            // the next group may well go in one statement again. Moved: another writer is
-            // appending too.
-            if head_seq != head.0 {
+        Ok(done) if done.appended == 0 => {
+            // The head in the statement's snapshot as this writer left it: a guard failed (a use
+            // decided on rows that have changed) or another transaction took the lock while the
+            // statement waited for it; the next group tries one statement again. Otherwise
+            // another writer (node) is taking the lock too: back off.
+            if done.snapshot_epoch != head.epoch {
                 writer.skip_fast = FAST_PATH_BACKOFF;
             }
             let batch = chained
@@ -468,8 +494,9 @@ async fn append_in_one_statement(
         other => {
             let e = match other {
                 Err(e) => e,
-                Ok((n, _)) => StoreError::Database(format!(
-                    "audit append wrote {n} of {count} entries in one statement"
+                Ok(done) => StoreError::Database(format!(
+                    "audit append wrote {} of {count} entries in one statement",
+                    done.appended
                 )),
             };
             for (_, done) in rest {
@@ -481,34 +508,77 @@ async fn append_in_one_statement(
 }
 
 /// The one statement of [`append_in_one_statement`]. Its text never changes (rows and guards are
-/// bound as JSON), so the connection prepares it once. `$5`: the tokens that must be live at `$6`;
-/// `$7`: per key, the retirement floor and the "version:state,…" list the uses were decided on.
-/// Answers how many entries it appended and the head's seq in its snapshot (as before the update).
+/// bound as JSON), so the connection prepares it once. `$6`: the tokens that must be live at `$7`;
+/// `$8`: per key, the retirement floor and the `[[version, state], …]` list the uses were decided
+/// on; `$9`: the entries ([`AuditRow`]). Answers how many entries it appended and the head's epoch
+/// in its snapshot.
 const ONE_STATEMENT_APPEND: &str = "\
 WITH head AS ( \
-    UPDATE audit_head SET seq = $1, hash = $2 \
-    WHERE id = 1 AND seq = $3 AND hash = $4 \
+    UPDATE audit_head SET seq = $1, hash = $2, epoch = epoch + 1 \
+    WHERE id = 1 AND seq = $3 AND hash = $4 AND epoch = $5 \
     AND (SELECT COUNT(*) FROM tokens \
-         WHERE id IN (SELECT json_array_elements_text($5::json)) \
-         AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $6)) \
-        = json_array_length($5::json) \
-    AND NOT EXISTS (SELECT 1 FROM json_to_recordset($7::json) AS g(id text, floor bigint, versions text) \
+         WHERE id IN (SELECT json_array_elements_text($6::json)) \
+         AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $7)) \
+        = json_array_length($6::json) \
+    AND NOT EXISTS (SELECT 1 FROM json_to_recordset($8::json) AS g(id text, floor bigint, versions jsonb) \
         WHERE (SELECT k.min_decryption_version FROM keys k WHERE k.id = g.id) IS DISTINCT FROM g.floor \
-        OR (SELECT string_agg(v.version || ':' || v.state, ',' ORDER BY v.version) \
+        OR (SELECT jsonb_agg(jsonb_build_array(v.version, v.state) ORDER BY v.version) \
             FROM key_versions v WHERE v.key_id = g.id) IS DISTINCT FROM g.versions) \
     RETURNING 1), \
 appended AS ( \
     INSERT INTO audit_log (seq, time_ms, principal, tenant, key_name, key_version, operation, \
         outcome, request_id, context_hash, detail, prev_hash, hash) \
-    SELECT e.seq, e.time_ms, e.principal, e.tenant, e.key, e.version, e.operation, e.outcome, \
-        e.request_id, e.context_hash, e.detail, e.prev_hash, e.hash \
-    FROM json_to_recordset($8::json) AS e(seq bigint, time_ms bigint, principal text, \
-        tenant text, key text, version bigint, operation text, outcome text, request_id text, \
-        context_hash text, detail text, prev_hash text, hash text) \
+    SELECT e.seq, e.time_ms, e.principal, e.tenant, e.key_name, e.key_version, e.operation, \
+        e.outcome, e.request_id, e.context_hash, e.detail, e.prev_hash, e.hash \
+    FROM json_to_recordset($9::json) AS e(seq bigint, time_ms bigint, principal text, \
+        tenant text, key_name text, key_version bigint, operation text, outcome text, \
+        request_id text, context_hash text, detail text, prev_hash text, hash text) \
     WHERE EXISTS (SELECT 1 FROM head) \
     RETURNING 1) \
 SELECT (SELECT COUNT(*) FROM appended) AS appended, \
-    (SELECT seq FROM audit_head WHERE id = 1) AS head_seq";
+    (SELECT epoch FROM audit_head WHERE id = 1) AS snapshot_epoch";
+
+/// An audit entry as the statement's JSON row: the `audit_log` columns by name, so the API's
+/// serialization of [`AuditEntry`] can change without changing what is stored.
+#[derive(serde::Serialize)]
+struct AuditRow<'a> {
+    seq: i64,
+    time_ms: i64,
+    principal: &'a str,
+    tenant: Option<&'a str>,
+    key_name: Option<&'a str>,
+    key_version: Option<i64>,
+    operation: &'a str,
+    outcome: &'a str,
+    request_id: &'a str,
+    context_hash: Option<&'a str>,
+    detail: Option<&'a str>,
+    prev_hash: &'a str,
+    hash: &'a str,
+}
+
+fn rows_json(chained: &[AuditEntry]) -> StoreResult<String> {
+    let rows: Vec<AuditRow<'_>> = chained
+        .iter()
+        .map(|e| AuditRow {
+            seq: e.seq,
+            time_ms: e.time_ms,
+            principal: &e.principal,
+            tenant: e.tenant.as_deref(),
+            key_name: e.key.as_deref(),
+            key_version: e.version,
+            operation: &e.operation,
+            outcome: &e.outcome,
+            request_id: &e.request_id,
+            context_hash: e.context_hash.as_deref(),
+            detail: e.detail.as_deref(),
+            prev_hash: &e.prev_hash,
+            hash: &e.hash,
+        })
+        .collect();
+    serde_json::to_string(&rows)
+        .map_err(|e| StoreError::Database(format!("audit entries as JSON: {e}")))
+}
 
 /// The group's guards as the statement's JSON parameters: distinct token ids, and distinct
 /// (key, floor, versions) expectations — two uses of one key decided on different rows both go
@@ -520,30 +590,30 @@ struct GuardsJson {
 
 fn guards_json(batch: &[PendingAppend]) -> GuardsJson {
     let mut tokens: Vec<&str> = Vec::new();
-    let mut keys: Vec<(&str, i64, &[(i64, String)])> = Vec::new();
+    let mut keys: Vec<&UseGuard> = Vec::new();
     for g in batch.iter().filter_map(|p| p.guard.as_ref()) {
         if !tokens.contains(&g.token_id.as_str()) {
             tokens.push(&g.token_id);
         }
-        let key = (
-            g.key_id.as_str(),
-            g.min_decryption_version,
-            g.versions.as_slice(),
-        );
-        if !keys.contains(&key) {
-            keys.push(key);
+        let same = |k: &&UseGuard| {
+            k.key_id == g.key_id
+                && k.min_decryption_version == g.min_decryption_version
+                && k.versions == g.versions
+        };
+        if !keys.iter().any(same) {
+            keys.push(g);
         }
     }
+    // Versions as `[[1, "enabled"], [2, "disabled"]]`, oldest first: what the statement's
+    // `jsonb_agg` builds from the rows.
     let keys: Vec<serde_json::Value> = keys
         .into_iter()
-        .map(|(id, floor, versions)| {
-            // The form the statement's `string_agg` builds: "1:enabled,2:disabled", oldest first.
-            let versions = versions
-                .iter()
-                .map(|(v, state)| format!("{v}:{state}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            serde_json::json!({"id": id, "floor": floor, "versions": versions})
+        .map(|g| {
+            serde_json::json!({
+                "id": g.key_id,
+                "floor": g.min_decryption_version,
+                "versions": g.versions,
+            })
         })
         .collect();
     GuardsJson {
@@ -552,34 +622,54 @@ fn guards_json(batch: &[PendingAppend]) -> GuardsJson {
     }
 }
 
+/// What the one statement did.
+#[derive(sqlx::FromRow)]
+struct OneStatementDone {
+    appended: i64,
+    snapshot_epoch: i64,
+}
+
 async fn run_one_statement(
     writer: &mut WriterConn,
-    head: &(i64, String),
+    head: &Head,
     guards: &GuardsJson,
     chained: &[AuditEntry],
     rows: String,
-) -> StoreResult<(i64, i64)> {
+) -> StoreResult<OneStatementDone> {
     let Some(last) = chained.last() else {
-        return Ok((0, head.0));
+        return Ok(OneStatementDone {
+            appended: 0,
+            snapshot_epoch: head.epoch,
+        });
     };
-    sqlx::query_as(ONE_STATEMENT_APPEND)
+    // `fetch_all`, not `fetch_one`: the driver answers `fetch_one` from the first row, before the
+    // server has confirmed the (implicit) commit; an error at commit — a failed WAL flush — would
+    // then go unseen and the group be answered as durable. `fetch_all` reads to the end.
+    let mut done: Vec<OneStatementDone> = sqlx::query_as(ONE_STATEMENT_APPEND)
         .bind(last.seq)
         .bind(&last.hash)
-        .bind(head.0)
-        .bind(&head.1)
+        .bind(head.seq)
+        .bind(&head.hash)
+        .bind(head.epoch)
         .bind(&guards.tokens)
         .bind(crate::now_ms())
         .bind(&guards.keys)
         .bind(rows)
-        .fetch_one(&mut writer.conn)
+        .fetch_all(&mut writer.conn)
         .await
-        .map_err(db_err)
+        .map_err(db_err)?;
+    match (done.pop(), done.is_empty()) {
+        (Some(one), true) => Ok(one),
+        _ => Err(StoreError::Database(
+            "the one-statement audit append answered no single row".into(),
+        )),
+    }
 }
 
-/// Take the audit-head lock with a no-op update that returns the head as a row of kind 'h', in the
-/// guard rows' shape (see [`guards_holding`]).
-const LOCK_HEAD: &str = "UPDATE audit_head SET seq = seq WHERE id = 1 \
-     RETURNING 'h' AS kind, hash AS id, seq AS floor, 0 AS version, '' AS state";
+/// Take the audit-head lock (bumping its epoch, as [`super::sql::lock_head`] does) with an update
+/// that returns the head as a row of kind 'h', in the guard rows' shape (see [`guards_holding`]).
+const LOCK_HEAD: &str = "UPDATE audit_head SET epoch = epoch + 1 WHERE id = 1 \
+     RETURNING 'h' AS kind, hash AS id, seq AS floor, epoch AS version, '' AS state";
 
 /// Open the transaction, take the audit-head lock, and check the group's guards after it — so a
 /// revocation or key change commits either wholly before the check (and is seen) or after these
@@ -587,7 +677,7 @@ const LOCK_HEAD: &str = "UPDATE audit_head SET seq = seq WHERE id = 1 \
 async fn lock_head_and_check(
     writer: &mut WriterConn,
     batch: &[PendingAppend],
-) -> StoreResult<((i64, String), Vec<bool>)> {
+) -> StoreResult<(Head, Vec<bool>)> {
     let guards = GuardQuery::of(batch, writer.backend);
     let rows = if writer.backend == Backend::Sqlite {
         // One script: BEGIN IMMEDIATE takes the write lock at once, so the reads after it see
@@ -713,10 +803,7 @@ impl<'a> GuardQuery<'a> {
 }
 
 /// Read the head row (kind 'h') and the guard rows, and decide each pending entry.
-fn guards_holding(
-    rows: &[AnyRow],
-    batch: &[PendingAppend],
-) -> StoreResult<((i64, String), Vec<bool>)> {
+fn guards_holding(rows: &[AnyRow], batch: &[PendingAppend]) -> StoreResult<(Head, Vec<bool>)> {
     let mut head = None;
     let mut live: HashSet<String> = HashSet::new();
     let mut state: HashMap<String, (i64, Vec<(i64, String)>)> = HashMap::new();
@@ -725,7 +812,14 @@ fn guards_holding(
         let id: String = r.try_get("id").map_err(db_err)?;
         let floor: i64 = r.try_get("floor").map_err(db_err)?;
         match kind.as_str() {
-            "h" => head = Some((floor, id)),
+            "h" => {
+                let epoch: i64 = r.try_get("version").map_err(db_err)?;
+                head = Some(Head {
+                    seq: floor,
+                    hash: id,
+                    epoch,
+                });
+            }
             "t" => {
                 live.insert(id);
             }
@@ -802,11 +896,9 @@ mod tests {
         }
     }
 
-    /// Key uses whose guards hold are written, each stale guard is refused with nothing written,
-    /// and the chain stays whole — on PostgreSQL through the one-statement path while this writer
-    /// is the only appender, and the long way after another transaction moved the head. The
-    /// outcomes are the same on SQLite, which always goes the long way.
-    async fn guards_decide_alike_on_every_path(url: &str) -> GroupCommitCounts {
+    /// A store with tenant `acme` (key `k1`, version 1 enabled) and tokens `tok-live`, `tok-other`
+    /// and `tok-expired`: four audit entries.
+    async fn store_with_tenant_and_tokens(url: &str) -> SqlStore {
         let store = SqlStore::connect(url, 2).await.expect("connect");
         let audit = || entry("test.setup");
         store
@@ -848,6 +940,16 @@ mod tests {
         ] {
             store.create_token(&t, audit()).await.expect("token");
         }
+        store
+    }
+
+    /// Key uses whose guards hold are written, each stale guard is refused with nothing written,
+    /// and the chain stays whole — on PostgreSQL through the one-statement path while this writer
+    /// is the only appender, and the long way after another transaction moved the head. The
+    /// outcomes are the same on SQLite, which always goes the long way.
+    async fn guards_decide_alike_on_every_path(url: &str) -> GroupCommitCounts {
+        let store = store_with_tenant_and_tokens(url).await;
+        let audit = || entry("test.setup");
         let held = guard("tok-live", 1, &[(1, "enabled")]);
         let mut expect_written = 4; // tenant + three tokens
         let use_key = |g: UseGuard| store.append_key_use(entry("test.use"), g);
@@ -952,5 +1054,69 @@ mod tests {
                 one_statement: 2
             }
         );
+    }
+
+    /// The hardest interleaving for the one statement: another transaction takes the head lock
+    /// first, revokes the token a use relies on — without appending, so the head's seq and hash do
+    /// not move — and commits while the use's statement waits for the lock. The statement's
+    /// snapshot predates the revocation; the use must still be refused.
+    #[tokio::test]
+    async fn postgres_a_revocation_committed_while_the_statement_waits_is_seen() {
+        let Some(db) = TestPostgres::create(&[]).await else {
+            return;
+        };
+        let store = std::sync::Arc::new(store_with_tenant_and_tokens(&db.url).await);
+        let held = guard("tok-live", 1, &[(1, "enabled")]);
+        for _ in 0..2 {
+            // The second goes in one statement: the writer now knows the head.
+            store
+                .append_key_use(entry("test.use"), held.clone())
+                .await
+                .expect("use");
+        }
+        assert_eq!(store.group_commit_stats().one_statement_commits, 1);
+
+        let other = sqlx::AnyPool::connect(&db.url).await.expect("connect");
+        let mut tx = other.begin().await.expect("begin");
+        super::super::sql::lock_head(&mut tx).await.expect("lock");
+        sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = 'tok-live'")
+            .bind(crate::now_ms())
+            .execute(&mut *tx)
+            .await
+            .expect("revoke");
+        let waiting = {
+            let store = store.clone();
+            tokio::spawn(async move { store.append_key_use(entry("test.use"), held).await })
+        };
+        let started = std::time::Instant::now();
+        loop {
+            let blocked: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .fetch_one(&other)
+            .await
+            .expect("pg_stat_activity");
+            if blocked > 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "the use never waited for the head lock"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        tx.commit().await.expect("commit");
+        let got = waiting.await.expect("join");
+        assert!(
+            matches!(got, Err(StoreError::Stale)),
+            "a use of a token revoked while it waited must be refused, got {got:?}"
+        );
+        let verification = crate::audit::verify_chain(&*store).await.expect("verify");
+        assert!(verification.ok, "{verification:?}");
+        assert_eq!(verification.entries, 6);
+        store.close().await;
+        other.close().await;
+        db.drop_database().await;
     }
 }
