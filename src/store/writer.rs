@@ -349,8 +349,8 @@ fn fail_all(batch: Vec<PendingAppend>, e: &StoreError) {
 /// Write the group: in one statement when that path applies and every guard holds
 /// ([`append_in_one_statement`]); otherwise lock the head, check guards, write the entries that
 /// pass and commit. Stale guards are answered here; the written entries are returned to be
-/// answered once durable. On an error every request
-/// of the group is answered with it, and the caller drops the connection (ending its transaction).
+/// answered once durable. On an error every request of the group is answered with it, and the
+/// caller drops the connection (ending its transaction).
 async fn commit_group(
     writer: &mut WriterConn,
     batch: Vec<PendingAppend>,
@@ -406,9 +406,9 @@ async fn commit_group(
     }
 }
 
-/// After the one-statement path missed (another writer moved the head: a state change, another
-/// node), this many groups go the long way before it is tried again, so nodes that share a chain
-/// pay for one missed statement in this many groups, not one in each.
+/// After the one-statement path found another epoch in its snapshot (another writer takes the head
+/// lock too: another node), this many groups go the long way before it is tried again, so nodes
+/// that share a chain pay for about one missed statement in this many groups, not one in each.
 const FAST_PATH_BACKOFF: u32 = 16;
 
 /// What [`append_in_one_statement`] did with a group.
