@@ -1107,7 +1107,7 @@ mod tests {
             .expect("show");
         drop(conn);
         store.pool.close().await;
-        db.drop_database().await;
+        drop(db);
         assert_eq!(
             (isolation.as_str(), sync.as_str()),
             ("read committed", "on")

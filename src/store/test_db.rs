@@ -2,10 +2,10 @@
 
 use sqlx::AnyPool;
 
-/// A PostgreSQL database of its own on the server at `PQKMS_TEST_POSTGRES_URL`, dropped by
-/// [`TestPostgres::drop_database`].
+/// A PostgreSQL database of its own on the server at `PQKMS_TEST_POSTGRES_URL`, dropped when this
+/// value is — also when the test fails with a panic.
 pub(super) struct TestPostgres {
-    admin: AnyPool,
+    admin_url: String,
     name: String,
     /// Its URL.
     pub(super) url: String,
@@ -34,6 +34,7 @@ impl TestPostgres {
                 .await
                 .expect("set up database");
         }
+        admin.close().await;
         let (head, query) = admin_url
             .split_once('?')
             .map_or((admin_url.as_str(), None), |(h, q)| (h, Some(q)));
@@ -42,17 +43,41 @@ impl TestPostgres {
             Some(q) => format!("{base}/{name}?{q}"),
             None => format!("{base}/{name}"),
         };
-        Some(TestPostgres { admin, name, url })
+        Some(TestPostgres {
+            admin_url,
+            name,
+            url,
+        })
     }
+}
 
-    /// Drop the database (closing whatever is still connected to it).
-    pub(super) async fn drop_database(self) {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&self.admin)
-        .await
-        .expect("drop database");
+impl Drop for TestPostgres {
+    /// Drop the database (closing whatever is still connected to it) from a thread with its own
+    /// runtime: `Drop` cannot await, and it also runs while a failed test unwinds.
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let admin = AnyPool::connect(&admin_url)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let done = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&admin)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string());
+                admin.close().await;
+                done
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("WARNING: test database {} was not dropped", self.name);
+        }
     }
 }

@@ -1044,7 +1044,7 @@ mod tests {
             return;
         };
         let counts = guards_decide_alike_on_every_path(&db.url).await;
-        db.drop_database().await;
+        drop(db);
         // The second use and the use after the refusals in one statement; the first (head
         // unknown) and the one after the revocation (head moved) the long way.
         assert_eq!(
@@ -1117,6 +1117,6 @@ mod tests {
         assert_eq!(verification.entries, 6);
         store.close().await;
         other.close().await;
-        db.drop_database().await;
+        drop(db);
     }
 }
