@@ -780,6 +780,13 @@ def fmt_ms(v: float) -> str:
     return f"{v:.2f}" if v < 100 else f"{v:.0f}"
 
 
+def fmt_target(r: dict) -> str:
+    """The target cell of a ratio row: "≥ 2.5: met", "≥ 2.5: **not met**" or "—"."""
+    if not r.get("target"):
+        return "—"
+    return f"≥ {r['target']}: {'met' if r['target_met'] else '**not met**'}"
+
+
 def markdown(results: dict) -> str:
     lines = ["| system | backend | scenario | conns | req/s | p50 ms | p99 ms | p99.9 ms | errors "
              "| server CPU µs/req | DB CPU µs/req | crypto share | other load (cores) |",
@@ -807,8 +814,7 @@ def markdown(results: dict) -> str:
                   "| target | p99 pqkms ms | p99 OpenBao ms | p99 ratio |",
                   "|:--|--:|:--|--:|--:|--:|:--|--:|--:|--:|"]
         for r in ratios:
-            target = (f"≥ {r['target']}: {'met' if r['target_met'] else '**not met**'}"
-                      if r.get("target") else "—")
+            target = fmt_target(r)
             lines.append(
                 f"| {r['scenario']} | {r['connections']} | {r['backend']} | {r['pqkms_rps']:.0f} "
                 f"| {r['openbao_rps']:.0f} | {r['throughput_ratio']:.2f} | {target} "
@@ -822,8 +828,7 @@ def markdown(results: dict) -> str:
                   "| throughput ratio | target |",
                   "|:--|:--|--:|--:|--:|:--|"]
         for r in peaks:
-            target = (f"≥ {r['target']}: {'met' if r['target_met'] else '**not met**'}"
-                      if r.get("target") else "—")
+            target = fmt_target(r)
             lines.append(
                 f"| {r['scenario']} | {r['backend']} | {r['pqkms_rps']:.0f} "
                 f"({r['pqkms_connections']}) | {r['openbao_rps']:.0f} "

@@ -127,7 +127,6 @@ impl WriterConn {
 
 /// The audit-head row: the newest entry's seq and hash, and how many transactions have taken the
 /// head lock (migrations/*/0004_head_lock_epoch.sql).
-#[derive(Debug, Clone, PartialEq, Eq)]
 struct Head {
     seq: i64,
     hash: String,
@@ -455,11 +454,7 @@ async fn append_in_one_statement(
         rest.push((p.guard, p.done));
     }
     let chained = chain_entries(head.seq, &head.hash, entries);
-    let written = match rows_json(&chained) {
-        Ok(rows) => run_one_statement(writer, &head, &guards, &chained, rows).await,
-        Err(e) => Err(e),
-    };
-    match written {
+    match run_one_statement(writer, &head, &guards, &chained).await {
         Ok(done) if done.appended == count as i64 => {
             writer.head = chained.last().map(|last| Head {
                 seq: last.seq,
@@ -634,7 +629,6 @@ async fn run_one_statement(
     head: &Head,
     guards: &GuardsJson,
     chained: &[AuditEntry],
-    rows: String,
 ) -> StoreResult<OneStatementDone> {
     let Some(last) = chained.last() else {
         return Ok(OneStatementDone {
@@ -654,7 +648,7 @@ async fn run_one_statement(
         .bind(&guards.tokens)
         .bind(crate::now_ms())
         .bind(&guards.keys)
-        .bind(rows)
+        .bind(rows_json(chained)?)
         .fetch_all(&mut writer.conn)
         .await
         .map_err(db_err)?;
