@@ -519,21 +519,24 @@ async fn generate_once(
     let v = decided(current_version(&k, &versions), read)?;
     let public = state.keys.public_key(v)?;
     let context = context_of(body.context.clone());
-    let ctx = context.clone();
-    let (data_key, wrapped) = crypto_task(move || public.generate_data_key(&ctx))
-        .await?
-        .map_err(crypto)?;
-
     let mut entry = audit(&p, req, "data_key.generate", Some(tenant_name));
     entry.key = Some(key_name.to_owned());
     entry.version = Some(v.version);
     entry.context_hash = Some(hex::encode(context.digest().as_bytes()));
-    // Fail closed: the key leaves only after its audit entry is committed, and only if the token
-    // and key state it was decided on still hold at that commit.
-    state
-        .store
-        .append_key_use(entry, guard(&p.token_id, &k, &versions))
-        .await?;
+
+    // The entry records what was asked (key, version, context), not what the encapsulation
+    // returns, so it is committed while the encapsulation runs: the request waits for the longer
+    // of the two instead of their sum. Fail closed still: the key leaves only after its entry is
+    // durable, and only if the token and key state it was decided on still hold at that commit.
+    // If the encapsulation fails after the entry committed, the chain over-reports one use.
+    let (generated, appended) = tokio::join!(
+        crypto_task(move || public.generate_data_key(&context)),
+        state
+            .store
+            .append_key_use(entry, guard(&p.token_id, &k, &versions)),
+    );
+    appended?;
+    let (data_key, wrapped) = generated?.map_err(crypto)?;
 
     let mut out = json!({ "wrapped_key": B64.encode(wrapped.as_bytes()), "version": v.version });
     if body.include_plaintext.unwrap_or(true) {
