@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::writer::{GroupStats, MAX_GROUP, PendingAppend, group_commit};
+use super::writer::{GroupStats, MAX_GROUP, PendingAppend, group_commit, start_sqlite};
 use super::{
     DueDestruction, KeyRow, Store, StoreError, StoreResult, TenantRow, TokenRow, UseGuard,
     VersionRow, Versions,
@@ -70,7 +70,7 @@ pub(super) fn db_err(e: sqlx::Error) -> StoreError {
 /// SQLite settings applied to every pooled connection: WAL for concurrent readers, FULL sync so a
 /// committed audit entry survives power loss, `secure_delete` so deleted key material is
 /// overwritten in the file, foreign keys on, and a busy timeout instead of instant lock errors.
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+pub(super) const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
      PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA busy_timeout = 10000;";
 
 /// PostgreSQL settings applied to every pooled connection, whatever the cluster's defaults:
@@ -115,7 +115,12 @@ impl SqlStore {
         let (appender, queue) = mpsc::channel(4 * MAX_GROUP);
         let groups = Arc::new(GroupStats::default());
         let (connected, writer_connected) = watch::channel(false);
-        tokio::spawn(group_commit(pool.clone(), queue, groups.clone(), connected));
+        match backend {
+            Backend::Sqlite => start_sqlite(pool.clone(), queue, groups.clone(), connected).await?,
+            Backend::Postgres => {
+                tokio::spawn(group_commit(pool.clone(), queue, groups.clone(), connected));
+            }
+        }
         Ok(SqlStore {
             pool,
             backend,

@@ -7,24 +7,20 @@
 //! queueing for one each. A failed commit fails every request of the group (fail closed); a failed
 //! guard fails only its own request, with nothing written for it.
 //!
-//! The writer holds its own connection (detached from the pool) and runs its transactions by hand,
-//! so each group costs two round trips to SQLite and four to PostgreSQL:
+//! The writer holds its own connection (outside the pool) and runs its transactions by hand:
 //!
-//! - SQLite: `BEGIN IMMEDIATE` + head lock + guard check in one script, then insert + head move +
-//!   `COMMIT` in another. In WAL mode the writer's connection runs `synchronous = NORMAL` and the
-//!   WAL file is `fdatasync`ed by the [`sync_loop`] thread before any answer of the group leaves:
-//!   the same guarantee as `synchronous = FULL` (whose only difference in WAL mode is that sync, at
-//!   each commit), but the writer already writes the next group while the disk syncs this one, and
-//!   one sync covers every group committed before it started.
-//! - PostgreSQL: one autocommit statement while this writer is the only one taking the head lock
-//!   ([`append_in_one_statement`]); otherwise, and whenever that statement writes nothing, four:
-//!   `BEGIN` + head lock (one simple-protocol script), the guard check, the insert with the head
-//!   move (a data-modifying CTE), `COMMIT` (durable when it returns).
+//! - SQLite: a thread of its own with its own connection, one transaction per group without a
+//!   hand-off to another thread, and the WAL synced by a second thread before any answer leaves
+//!   ([`sqlite`]).
+//! - PostgreSQL (this module's async task): one autocommit statement while this writer is the only
+//!   one taking the head lock ([`append_in_one_statement`]); otherwise, and whenever that statement
+//!   writes nothing, four round trips: `BEGIN` + head lock (one simple-protocol script), the guard
+//!   check, the insert with the head move (a data-modifying CTE), `COMMIT` (durable when it
+//!   returns).
 
 use sqlx::any::AnyRow;
-use sqlx::{Any, AnyConnection, AnyPool, Connection, Executor, Row};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Row};
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -32,6 +28,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::sql::{bind_entries, chain_entries, db_err, insert_entries_sql, placeholders};
 use super::{Backend, StoreError, StoreResult, UseGuard};
 use crate::audit::{AuditEntry, NewAuditEntry};
+
+mod sqlite;
+pub(super) use sqlite::start as start_sqlite;
 
 /// Most entries one group commit writes (13 bound parameters each: well under SQLite's and
 /// PostgreSQL's limits).
@@ -51,11 +50,11 @@ pub(super) struct GroupStats {
     pub(super) commits: AtomicU64,
     /// Entries in them.
     pub(super) entries: AtomicU64,
-    /// WAL syncs done by [`sync_loop`] (SQLite only; each covers one or more commits).
+    /// WAL syncs done by [`sqlite`]'s sync thread (each covers one or more commits).
     pub(super) syncs: AtomicU64,
     /// Of `commits`, those made in one statement ([`append_in_one_statement`], PostgreSQL).
     pub(super) one_statement: AtomicU64,
-    /// A WAL sync failed: the writer has stopped appending (see [`sync_loop`]).
+    /// A WAL sync failed: the writer has stopped appending (see [`sqlite`]).
     pub(super) sync_failed: AtomicBool,
 }
 
@@ -70,55 +69,21 @@ impl GroupStats {
     }
 }
 
-/// The writer's connection and how its commits become durable.
+/// The PostgreSQL writer's connection and what it knows of the head.
 struct WriterConn {
     conn: AnyConnection,
-    backend: Backend,
-    /// SQLite in WAL mode on a file: the connection commits without syncing and this WAL file must
-    /// be synced before the group is answered. `None`: a commit is durable when it returns.
-    wal: Option<PathBuf>,
-    /// The head row as this writer last left it (PostgreSQL's one-statement path).
+    /// The head row as this writer last left it (the one-statement path).
     head: Option<Head>,
     /// Groups still to go the long way after the one-statement path missed.
     skip_fast: u32,
 }
 
 impl WriterConn {
-    /// Take a connection out of the pool for good (the pool may open a replacement) and set it up.
+    /// Take a connection out of the pool for good (the pool may open a replacement).
     async fn open(pool: &AnyPool) -> StoreResult<WriterConn> {
-        let mut conn = pool.acquire().await.map_err(db_err)?.detach();
-        let backend = Backend::of_connection(conn.backend_name());
-        if backend == Backend::Postgres {
-            return Ok(WriterConn {
-                conn,
-                backend,
-                wal: None,
-                head: None,
-                skip_fast: 0,
-            });
-        }
-        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&mut conn)
-            .await
-            .map_err(db_err)?;
-        let file: String =
-            sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
-                .fetch_one(&mut conn)
-                .await
-                .map_err(db_err)?;
-        // An in-memory or temporary database has no file to sync: keep the pool's FULL setting.
-        let wal = if mode.eq_ignore_ascii_case("wal") && !file.is_empty() {
-            conn.execute("PRAGMA synchronous = NORMAL")
-                .await
-                .map_err(db_err)?;
-            Some(PathBuf::from(format!("{file}-wal")))
-        } else {
-            None
-        };
+        let conn = pool.acquire().await.map_err(db_err)?.detach();
         Ok(WriterConn {
             conn,
-            backend,
-            wal,
             head: None,
             skip_fast: 0,
         })
@@ -160,70 +125,9 @@ impl Committed {
     }
 }
 
-/// The thread that syncs the WAL for committed groups, and which WAL it syncs.
-struct Syncer {
-    wal: PathBuf,
-    committed: std::sync::mpsc::Sender<Committed>,
-}
-
-impl Syncer {
-    fn start(wal: PathBuf, stats: Arc<GroupStats>) -> StoreResult<Syncer> {
-        let (committed, queue) = std::sync::mpsc::channel();
-        let path = wal.clone();
-        std::thread::Builder::new()
-            .name("pqkms-wal-sync".into())
-            .spawn(move || sync_loop(&path, &queue, &stats))
-            .map_err(|e| StoreError::Database(format!("cannot start the WAL sync thread: {e}")))?;
-        Ok(Syncer { wal, committed })
-    }
-}
-
-/// Sync the WAL for every group committed so far, answer them, repeat. A sync that starts after a
-/// group's `COMMIT` returned covers it; all groups queued by then share it.
-///
-/// A failed sync stops the writer for good (fail-stop, as PostgreSQL does on a failed fsync): after
-/// one, the kernel may have dropped the unwritten pages and a later sync can succeed without them,
-/// and SQLite's recovery discards every WAL frame after a missing one — so no later answer could
-/// promise durability. Every waiting and later append fails, `/readyz` fails, and a restart
-/// recovers from what is on disk.
-fn sync_loop(wal: &Path, queue: &std::sync::mpsc::Receiver<Committed>, stats: &GroupStats) {
-    while let Ok(first) = queue.recv() {
-        let mut ready = vec![first];
-        ready.extend(queue.try_iter());
-        let durable = match stats.halted() {
-            Some(e) => Err(e),
-            None => sync_wal(wal),
-        };
-        match &durable {
-            Ok(()) => {
-                stats.syncs.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                if !stats.sync_failed.swap(true, Ordering::AcqRel) {
-                    tracing::error!(error = %e, "audit WAL sync failed: no more appends until restart");
-                }
-            }
-        }
-        for group in ready {
-            group.answer(&durable);
-        }
-    }
-}
-
-/// `fdatasync` the WAL file. It is opened afresh each time: SQLite can remove and recreate it (when
-/// the last connection closes), and an old descriptor would sync a file nobody reads any more. A
-/// missing WAL is an error (fail closed), though it only goes missing after a checkpoint.
-fn sync_wal(wal: &Path) -> StoreResult<()> {
-    let io = |e: std::io::Error| StoreError::Database(format!("audit WAL sync: {e}"));
-    std::fs::File::open(wal)
-        .map_err(io)?
-        .sync_data()
-        .map_err(io)
-}
-
-/// The writer's loop; see the module documentation. `holds_connection` says whether the writer has
-/// a connection open, so that closing the store can wait until it is closed: it is outside the
-/// pool, and SQLite checkpoints and removes the WAL only when its last connection closes.
+/// PostgreSQL's writer loop; see the module documentation. `holds_connection` says whether the
+/// writer has a connection open, so that closing the store can wait until it is closed (it is
+/// outside the pool).
 pub(super) async fn group_commit(
     pool: AnyPool,
     mut queue: mpsc::Receiver<PendingAppend>,
@@ -234,7 +138,6 @@ pub(super) async fn group_commit(
     // panicked group the connection is dropped (which also ends any transaction it had open) and
     // the next group opens a fresh one.
     let mut held: Option<WriterConn> = None;
-    let mut syncer: Option<Syncer> = None;
     let mut group: Vec<PendingAppend> = Vec::with_capacity(MAX_GROUP);
     loop {
         let received = tokio::select! {
@@ -297,46 +200,27 @@ pub(super) async fn group_commit(
                 continue;
             }
         };
-        if committed.entries.is_empty() {
-            // Every guard failed: nothing was written, nothing to sync or answer.
-            held = Some(writer);
-            continue;
-        }
-        stats.commits.fetch_add(1, Ordering::Relaxed);
-        if committed.one_statement {
-            stats.one_statement.fetch_add(1, Ordering::Relaxed);
-        }
-        stats
-            .entries
-            .fetch_add(committed.entries.len() as u64, Ordering::Relaxed);
-        match &writer.wal {
-            None => committed.answer(&Ok(())),
-            Some(wal) => {
-                if syncer.as_ref().is_none_or(|s| &s.wal != wal) {
-                    match Syncer::start(wal.clone(), stats.clone()) {
-                        Ok(s) => syncer = Some(s),
-                        Err(e) => {
-                            tracing::error!(error = %e, "audit group commit cannot sync");
-                            committed.answer(&Err(e));
-                            held = Some(writer);
-                            continue;
-                        }
-                    }
-                }
-                if let Some(s) = &syncer
-                    && let Err(std::sync::mpsc::SendError(committed)) = s.committed.send(committed)
-                {
-                    // The thread died with groups unsynced: as after a failed sync, stop.
-                    syncer = None;
-                    stats.sync_failed.store(true, Ordering::Release);
-                    committed.answer(&Err(StoreError::Database(
-                        "audit WAL sync thread stopped".into(),
-                    )));
-                }
-            }
-        }
         held = Some(writer);
+        if count_commit(&stats, &committed) {
+            committed.answer(&Ok(()));
+        }
     }
+}
+
+/// Count a committed group; `false` when every guard failed and nothing was written (nothing to
+/// sync or answer).
+fn count_commit(stats: &GroupStats, committed: &Committed) -> bool {
+    if committed.entries.is_empty() {
+        return false;
+    }
+    stats.commits.fetch_add(1, Ordering::Relaxed);
+    if committed.one_statement {
+        stats.one_statement.fetch_add(1, Ordering::Relaxed);
+    }
+    stats
+        .entries
+        .fetch_add(committed.entries.len() as u64, Ordering::Relaxed);
+    true
 }
 
 fn fail_all(batch: Vec<PendingAppend>, e: &StoreError) {
@@ -435,9 +319,6 @@ async fn append_in_one_statement(
     writer: &mut WriterConn,
     batch: Vec<PendingAppend>,
 ) -> StoreResult<OneStatement> {
-    if writer.backend != Backend::Postgres {
-        return Ok(OneStatement::Missed(batch));
-    }
     if writer.skip_fast > 0 {
         writer.skip_fast -= 1;
         return Ok(OneStatement::Missed(batch));
@@ -672,60 +553,38 @@ async fn lock_head_and_check(
     writer: &mut WriterConn,
     batch: &[PendingAppend],
 ) -> StoreResult<(Head, Vec<bool>)> {
-    let guards = GuardQuery::of(batch, writer.backend);
-    let rows = if writer.backend == Backend::Sqlite {
-        // One script: BEGIN IMMEDIATE takes the write lock at once, so the reads after it see
-        // everything committed before and nothing can commit until we do.
-        let mut sql = format!("BEGIN IMMEDIATE; {LOCK_HEAD}");
-        if let Some(g) = &guards {
-            sql.push_str("; ");
-            sql.push_str(&g.sql);
-        }
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        if let Some(g) = &guards {
-            q = g.bind(q);
-        }
-        q.fetch_all(&mut writer.conn).await.map_err(db_err)?
-    } else {
-        // PostgreSQL cannot prepare two statements as one; the first has no parameters, so it
-        // goes with BEGIN over the simple protocol. The guard check must be its own statement:
-        // at READ COMMITTED it then reads what committed before the head lock was granted.
-        let mut rows = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; {LOCK_HEAD}")))
-            .fetch_all(&mut writer.conn)
-            .await
-            .map_err(db_err)?;
-        if let Some(g) = &guards {
-            let q = g.bind(sqlx::query(sqlx::AssertSqlSafe(g.sql.clone())));
-            rows.extend(q.fetch_all(&mut writer.conn).await.map_err(db_err)?);
-        }
-        rows
-    };
+    // PostgreSQL cannot prepare two statements as one; the first has no parameters, so it goes
+    // with BEGIN over the simple protocol. The guard check must be its own statement: at READ
+    // COMMITTED it then reads what committed before the head lock was granted.
+    let mut rows = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; {LOCK_HEAD}")))
+        .fetch_all(&mut writer.conn)
+        .await
+        .map_err(db_err)?;
+    if let Some(g) = GuardQuery::of(batch, Backend::Postgres) {
+        let q = g.bind(sqlx::query(sqlx::AssertSqlSafe(g.sql.clone())));
+        rows.extend(q.fetch_all(&mut writer.conn).await.map_err(db_err)?);
+    }
+    let rows = rows
+        .iter()
+        .map(guard_row)
+        .collect::<StoreResult<Vec<_>>>()?;
     guards_holding(&rows, batch)
 }
 
-/// Insert the chained entries, move the head and commit, in one round trip on SQLite (one script)
-/// and two on PostgreSQL (a data-modifying CTE, then `COMMIT`).
+/// Insert the chained entries and move the head (a data-modifying CTE), then `COMMIT`.
 async fn append_and_commit(writer: &mut WriterConn, chained: &[AuditEntry]) -> StoreResult<()> {
     let Some(last) = chained.last() else {
         // Every guard failed: nothing to write.
         return end(writer, "ROLLBACK").await;
     };
-    let sqlite = writer.backend == Backend::Sqlite;
-    let mut sql = insert_entries_sql(writer.backend, chained.len());
-    if sqlite {
-        sql.push_str("; COMMIT");
-    }
+    let sql = insert_entries_sql(Backend::Postgres, chained.len());
     bind_entries(sqlx::query(sqlx::AssertSqlSafe(sql)), chained)
         .bind(last.seq)
         .bind(&last.hash)
         .execute(&mut writer.conn)
         .await
         .map_err(db_err)?;
-    if sqlite {
-        Ok(())
-    } else {
-        end(writer, "COMMIT").await
-    }
+    end(writer, "COMMIT").await
 }
 
 async fn end(writer: &mut WriterConn, statement: &'static str) -> StoreResult<()> {
@@ -796,35 +655,52 @@ impl<'a> GuardQuery<'a> {
     }
 }
 
+/// A row of the head lock ([`LOCK_HEAD`], kind 'h') or of the guard check ([`GuardQuery`]), read
+/// alike from either backend.
+struct GuardRow {
+    kind: String,
+    id: String,
+    floor: i64,
+    version: i64,
+    state: String,
+}
+
+fn guard_row(r: &AnyRow) -> StoreResult<GuardRow> {
+    Ok(GuardRow {
+        kind: r.try_get("kind").map_err(db_err)?,
+        id: r.try_get("id").map_err(db_err)?,
+        floor: r.try_get("floor").map_err(db_err)?,
+        version: r.try_get("version").map_err(db_err)?,
+        state: r.try_get("state").map_err(db_err)?,
+    })
+}
+
+/// A guarded key's floor (`min_decryption_version`) and its `(version, state)` list, as read.
+type KeyState = (i64, Vec<(i64, String)>);
+
 /// Read the head row (kind 'h') and the guard rows, and decide each pending entry.
-fn guards_holding(rows: &[AnyRow], batch: &[PendingAppend]) -> StoreResult<(Head, Vec<bool>)> {
+fn guards_holding(rows: &[GuardRow], batch: &[PendingAppend]) -> StoreResult<(Head, Vec<bool>)> {
     let mut head = None;
-    let mut live: HashSet<String> = HashSet::new();
-    let mut state: HashMap<String, (i64, Vec<(i64, String)>)> = HashMap::new();
+    let mut live: HashSet<&str> = HashSet::new();
+    let mut state: HashMap<&str, KeyState> = HashMap::new();
     for r in rows {
-        let kind: String = r.try_get("kind").map_err(db_err)?;
-        let id: String = r.try_get("id").map_err(db_err)?;
-        let floor: i64 = r.try_get("floor").map_err(db_err)?;
-        match kind.as_str() {
+        match r.kind.as_str() {
             "h" => {
-                let epoch: i64 = r.try_get("version").map_err(db_err)?;
                 head = Some(Head {
-                    seq: floor,
-                    hash: id,
-                    epoch,
+                    seq: r.floor,
+                    hash: r.id.clone(),
+                    epoch: r.version,
                 });
             }
             "t" => {
-                live.insert(id);
+                live.insert(&r.id);
             }
             _ => {
-                let version: i64 = r.try_get("version").map_err(db_err)?;
-                let st: String = r.try_get("state").map_err(db_err)?;
                 state
-                    .entry(id)
-                    .or_insert_with(|| (floor, Vec::new()))
+                    .entry(&r.id)
+                    .or_insert_with(|| (r.floor, Vec::new()))
                     .1
-                    .push((version, st));
+                    .push((r.version, r.state.clone()));
             }
         }
     }
@@ -834,10 +710,12 @@ fn guards_holding(rows: &[AnyRow], batch: &[PendingAppend]) -> StoreResult<(Head
         .map(|p| match &p.guard {
             None => true,
             Some(g) => {
-                live.contains(&g.token_id)
-                    && state.get(&g.key_id).is_some_and(|(floor, versions)| {
-                        *floor == g.min_decryption_version && *versions == g.versions
-                    })
+                live.contains(g.token_id.as_str())
+                    && state
+                        .get(g.key_id.as_str())
+                        .is_some_and(|(floor, versions)| {
+                            *floor == g.min_decryption_version && *versions == g.versions
+                        })
             }
         })
         .collect();
