@@ -1086,6 +1086,19 @@ mod tests {
     use super::super::test_db::TestPostgres;
     use super::*;
 
+    /// The SQLite audit writer opens the database file a second time (its own thread and
+    /// connection): an in-memory database, which a second connection would not see, is refused
+    /// with a clear error instead of a writer that writes elsewhere.
+    #[tokio::test]
+    async fn an_in_memory_sqlite_database_is_refused() {
+        let refused = SqlStore::connect("sqlite::memory:", 2).await;
+        match refused {
+            Err(StoreError::Database(m)) => assert!(m.contains("needs a database file"), "{m}"),
+            Err(e) => panic!("unexpected error: {e:?}"),
+            Ok(_) => panic!("an in-memory SQLite store must be refused"),
+        }
+    }
+
     /// On a PostgreSQL database whose defaults are SERIALIZABLE and `synchronous_commit = off`,
     /// every connection of the store still runs READ COMMITTED with synchronous commits. Needs
     /// `PQKMS_TEST_POSTGRES_URL` (CI sets it); skipped with a warning without it.
