@@ -528,15 +528,23 @@ async fn generate_once(
     // returns, so it is committed while the encapsulation runs: the request waits for the longer
     // of the two instead of their sum. Fail closed still: the key leaves only after its entry is
     // durable, and only if the token and key state it was decided on still hold at that commit.
-    // If the encapsulation fails after the entry committed, the chain over-reports one use.
-    let (generated, appended) = tokio::join!(
-        crypto_task(move || public.generate_data_key(&context)),
-        state
-            .store
-            .append_key_use(entry, guard(&p.token_id, &k, &versions)),
-    );
-    appended?;
-    let (data_key, wrapped) = generated?.map_err(crypto)?;
+    // If the encapsulation fails after the entry committed, the chain over-reports one use; if
+    // either fails first, the other is dropped (an entry not yet taken into a group is not written;
+    // a generated key is zeroized).
+    let ((data_key, wrapped), _) = tokio::try_join!(
+        async {
+            crypto_task(move || public.generate_data_key(&context))
+                .await?
+                .map_err(crypto)
+        },
+        async {
+            let appended = state
+                .store
+                .append_key_use(entry, guard(&p.token_id, &k, &versions))
+                .await;
+            appended.map_err(ApiError::from)
+        },
+    )?;
 
     let mut out = json!({ "wrapped_key": B64.encode(wrapped.as_bytes()), "version": v.version });
     if body.include_plaintext.unwrap_or(true) {

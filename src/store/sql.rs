@@ -67,8 +67,9 @@ pub(super) fn db_err(e: sqlx::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
-/// SQLite settings applied to every pooled connection: WAL for concurrent readers, FULL sync so a
-/// committed audit entry survives power loss, `secure_delete` so deleted key material is
+/// SQLite settings applied to every pooled connection and to the audit writer's own (which then
+/// sets `synchronous = NORMAL` and syncs the WAL itself: src/store/writer/sqlite.rs): WAL for
+/// concurrent readers, FULL sync so a committed audit entry survives power loss, `secure_delete` so deleted key material is
 /// overwritten in the file, foreign keys on, and a busy timeout instead of instant lock errors.
 pub(super) const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
      PRAGMA foreign_keys = ON; PRAGMA secure_delete = ON; PRAGMA busy_timeout = 10000;";

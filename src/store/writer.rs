@@ -100,7 +100,7 @@ struct Head {
 
 /// A group whose transaction committed: the entries written and who waits for each.
 struct Committed {
-    waiters: Vec<oneshot::Sender<StoreResult<AuditEntry>>>,
+    waiters: Vec<Waiter>,
     entries: Vec<AuditEntry>,
     /// Written by [`append_in_one_statement`].
     one_statement: bool,
@@ -116,11 +116,7 @@ impl Committed {
                     let _ = waiter.send(Ok(entry));
                 }
             }
-            Err(e) => {
-                for waiter in self.waiters {
-                    let _ = waiter.send(Err(e.clone()));
-                }
-            }
+            Err(e) => fail_waiters(self.waiters, e),
         }
     }
 }
@@ -224,9 +220,35 @@ fn count_commit(stats: &GroupStats, committed: &Committed) -> bool {
 }
 
 fn fail_all(batch: Vec<PendingAppend>, e: &StoreError) {
-    for p in batch {
-        let _ = p.done.send(Err(e.clone()));
+    fail_waiters(batch.into_iter().map(|p| p.done), e);
+}
+
+fn fail_waiters(waiters: impl IntoIterator<Item = Waiter>, e: &StoreError) {
+    for waiter in waiters {
+        let _ = waiter.send(Err(e.clone()));
     }
+}
+
+/// Where a request waits to hear that its entry is durable.
+type Waiter = oneshot::Sender<StoreResult<AuditEntry>>;
+
+/// Answer the entries whose guard failed with [`StoreError::Stale`] (nothing is written for them);
+/// return the others, and who waits for each.
+fn split_by_guards(
+    batch: Vec<PendingAppend>,
+    holds: Vec<bool>,
+) -> (Vec<NewAuditEntry>, Vec<Waiter>) {
+    let mut entries = Vec::with_capacity(batch.len());
+    let mut waiters = Vec::with_capacity(batch.len());
+    for (p, ok) in batch.into_iter().zip(holds) {
+        if ok {
+            entries.push(p.entry);
+            waiters.push(p.done);
+        } else {
+            let _ = p.done.send(Err(StoreError::Stale));
+        }
+    }
+    (entries, waiters)
 }
 
 /// Write the group: in one statement when that path applies and every guard holds
@@ -249,16 +271,7 @@ async fn commit_group(
             return Err(e);
         }
     };
-    let mut entries = Vec::with_capacity(batch.len());
-    let mut waiters = Vec::with_capacity(batch.len());
-    for (p, ok) in batch.into_iter().zip(holds) {
-        if ok {
-            entries.push(p.entry);
-            waiters.push(p.done);
-        } else {
-            let _ = p.done.send(Err(StoreError::Stale));
-        }
-    }
+    let (entries, waiters) = split_by_guards(batch, holds);
     let chained = chain_entries(head.seq, &head.hash, entries);
     match append_and_commit(writer, &chained).await {
         Ok(()) => {
@@ -281,9 +294,7 @@ async fn commit_group(
             })
         }
         Err(e) => {
-            for waiter in waiters {
-                let _ = waiter.send(Err(e.clone()));
-            }
+            fail_waiters(waiters, &e);
             Err(e)
         }
     }
@@ -907,6 +918,33 @@ mod tests {
                 one_statement: 0
             }
         );
+    }
+
+    /// Closing the store closes the SQLite writer's own connection after its last group is
+    /// synced (so SQLite, closing its last connection, checkpoints and removes the WAL), and a
+    /// closed store opens no new writer connection: a later use fails and writes nothing.
+    #[tokio::test]
+    async fn sqlite_close_leaves_no_wal_and_refuses_later_uses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("t.db");
+        let url = format!("sqlite://{}?mode=rwc", db.display());
+        let store = store_with_tenant_and_tokens(&url).await;
+        let held = guard("tok-live", 1, &[(1, "enabled")]);
+        for _ in 0..3 {
+            store
+                .append_key_use(entry("test.use"), held.clone())
+                .await
+                .expect("use");
+        }
+        let wal = dir.path().join("t.db-wal");
+        assert!(wal.exists(), "the WAL is in use while the store is open");
+        tokio::time::timeout(std::time::Duration::from_secs(10), store.close())
+            .await
+            .expect("close returns");
+        assert!(!wal.exists(), "closing must leave the database checkpointed, without a WAL");
+        let late = store.append_key_use(entry("test.use"), held).await;
+        assert!(late.is_err(), "a closed store must refuse a use, got {late:?}");
+        assert!(!wal.exists(), "a refused use must not reopen the database");
     }
 
     /// Needs `PQKMS_TEST_POSTGRES_URL` (CI sets it); skipped with a warning without it.

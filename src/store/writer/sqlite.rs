@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     Committed, GroupStats, GuardQuery, GuardRow, MAX_GROUP, PendingAppend, count_commit, fail_all,
-    guards_holding,
+    fail_waiters, guards_holding, split_by_guards,
 };
 use crate::store::sql::{SQLITE_PRAGMAS, chain_entries, db_err};
 use crate::store::{Backend, StoreError, StoreResult};
@@ -67,17 +67,28 @@ pub(in crate::store) async fn start(
             .then(|| PathBuf::from(format!("{file}-wal"))),
         db: PathBuf::from(file),
     };
-    // Its own current-thread runtime only to wait for the queue or the pool's closing together;
-    // the commits themselves are plain blocking calls.
-    let waiter = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .map_err(|e| StoreError::Database(format!("cannot start the audit writer: {e}")))?;
     std::thread::Builder::new()
         .name("pqkms-audit-writer".into())
-        .spawn(move || run(&waiter, &pool, queue, &files, &stats, &holds_connection))
+        .spawn(move || {
+            // A current-thread runtime only to wait for the queue, the pool's closing and a
+            // timer together; the commits themselves are plain blocking calls. Built here: a
+            // runtime may not be dropped on the async caller's thread. Without it the queue is
+            // dropped, so appends fail and /readyz reports the writer stopped.
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(waiter) => run(&waiter, &pool, queue, &files, &stats, &holds_connection),
+                Err(e) => tracing::error!(error = %e, "cannot start the audit writer"),
+            }
+        })
         .map_err(|e| StoreError::Database(format!("cannot start the audit writer: {e}")))?;
     Ok(())
 }
+
+/// How often an idle writer that holds its connection looks whether the pool has closed, in case
+/// it missed the pool's close event.
+const CLOSE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The thread's loop: take what is queued (up to [`MAX_GROUP`]), commit it as one group, hand it
 /// to the sync thread; close the connection when the pool closes, so the database is left clean.
@@ -96,16 +107,22 @@ fn run(
     let mut group: Vec<PendingAppend> = Vec::with_capacity(MAX_GROUP);
     loop {
         let received = waiter.block_on(async {
-            tokio::select! {
-                received = queue.recv_many(&mut group, MAX_GROUP) => Some(received),
-                // `Pool::close` is under way: close ours too (SQLite checkpoints and removes the
-                // WAL when its last connection closes).
-                _ = pool.close_event(), if held.is_some() => None,
+            loop {
+                tokio::select! {
+                    received = queue.recv_many(&mut group, MAX_GROUP) => return Some(received),
+                    // `Pool::close` is under way: close ours too (SQLite checkpoints and removes
+                    // the WAL when its last connection closes).
+                    _ = pool.close_event(), if held.is_some() => return None,
+                    _ = tokio::time::sleep(CLOSE_CHECK), if held.is_some() => {
+                        if pool.is_closed() {
+                            return None;
+                        }
+                    }
+                }
             }
         });
         let Some(received) = received else {
-            held = None;
-            holds_connection.send_replace(false);
+            close(&mut held, &mut syncer, holds_connection);
             continue;
         };
         if received == 0 {
@@ -121,6 +138,11 @@ fn run(
         }
         if let Some(e) = stats.halted() {
             fail_all(batch, &e);
+            continue;
+        }
+        // Closed: no new connection (the pool's writers get `PoolClosed` alike).
+        if held.is_none() && pool.is_closed() {
+            fail_all(batch, &StoreError::Database("the store is closed".into()));
             continue;
         }
         let mut conn = match held.take() {
@@ -142,22 +164,20 @@ fn run(
         let written = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             commit_group(&mut conn, batch)
         }));
+        held = Some(conn);
         let committed = match written {
             Ok(Ok(committed)) => committed,
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "audit group commit failed");
-                drop(conn);
-                holds_connection.send_replace(false);
+                close(&mut held, &mut syncer, holds_connection);
                 continue;
             }
             Err(_) => {
                 tracing::error!("audit group commit panicked");
-                drop(conn);
-                holds_connection.send_replace(false);
+                close(&mut held, &mut syncer, holds_connection);
                 continue;
             }
         };
-        held = Some(conn);
         if !count_commit(stats, &committed) {
             continue;
         }
@@ -166,7 +186,21 @@ fn run(
             Some(wal) => hand_to_sync(&mut syncer, wal, committed, stats),
         }
     }
-    drop(held);
+    close(&mut held, &mut syncer, holds_connection);
+}
+
+/// Close the writer's connection, after the sync thread has synced (and answered) every group
+/// handed to it: if this was SQLite's last connection, closing checkpoints and removes the WAL, and
+/// a sync still pending would then find no WAL and stop the writer for nothing.
+fn close(
+    held: &mut Option<Connection>,
+    syncer: &mut Option<Syncer>,
+    holds_connection: &watch::Sender<bool>,
+) {
+    if let Some(s) = syncer.take() {
+        s.finish();
+    }
+    *held = None;
     holds_connection.send_replace(false);
 }
 
@@ -189,8 +223,8 @@ fn sqlite_err(e: rusqlite::Error) -> StoreError {
 /// One group in one transaction: `BEGIN IMMEDIATE` takes the write lock at once, so the head lock
 /// and guard check read everything committed before and nothing can commit until this does.
 /// Stale guards are answered here; the written entries are returned to be answered once durable.
-/// On an error every request of the group is answered with it (the caller drops the connection,
-/// which rolls back).
+/// On an error every request of the group is answered with it, the transaction is rolled back
+/// (rusqlite does on drop) and the caller drops the connection.
 fn commit_group(conn: &mut Connection, batch: Vec<PendingAppend>) -> StoreResult<Committed> {
     let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
@@ -207,20 +241,12 @@ fn commit_group(conn: &mut Connection, batch: Vec<PendingAppend>) -> StoreResult
             return Err(e);
         }
     };
-    let mut entries = Vec::with_capacity(batch.len());
-    let mut waiters = Vec::with_capacity(batch.len());
-    for (p, ok) in batch.into_iter().zip(holds) {
-        if ok {
-            entries.push(p.entry);
-            waiters.push(p.done);
-        } else {
-            let _ = p.done.send(Err(StoreError::Stale));
-        }
-    }
+    let (entries, waiters) = split_by_guards(batch, holds);
     let chained = chain_entries(head.seq, &head.hash, entries);
     let written = match chained.last() {
-        // Every guard failed: nothing to write (dropping `tx` rolls back the epoch bump too).
-        None => Ok(()),
+        // Every guard failed: nothing to write; roll the epoch bump back. Explicitly, so that a
+        // failed rollback drops the connection instead of leaving it holding the write lock.
+        None => tx.rollback().map_err(sqlite_err),
         Some(last) => (|| {
             let mut insert = tx.prepare_cached(INSERT_ENTRY)?;
             for e in &chained {
@@ -254,9 +280,7 @@ fn commit_group(conn: &mut Connection, batch: Vec<PendingAppend>) -> StoreResult
             one_statement: false,
         }),
         Err(e) => {
-            for waiter in waiters {
-                let _ = waiter.send(Err(e.clone()));
-            }
+            fail_waiters(waiters, &e);
             Err(e)
         }
     }
@@ -304,32 +328,38 @@ fn guard_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<GuardRow> {
     })
 }
 
-/// The thread that syncs the WAL for committed groups, and which WAL it syncs.
+/// The thread that syncs the WAL for committed groups: started with the writer's connection,
+/// finished before it closes.
 struct Syncer {
-    wal: PathBuf,
     committed: std::sync::mpsc::Sender<Committed>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Syncer {
     fn start(wal: PathBuf, stats: Arc<GroupStats>) -> StoreResult<Syncer> {
         let (committed, queue) = std::sync::mpsc::channel();
-        let path = wal.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("pqkms-wal-sync".into())
-            .spawn(move || sync_loop(&path, &queue, &stats))
+            .spawn(move || sync_loop(&wal, &queue, &stats))
             .map_err(|e| StoreError::Database(format!("cannot start the WAL sync thread: {e}")))?;
-        Ok(Syncer { wal, committed })
+        Ok(Syncer { committed, thread })
+    }
+
+    /// Let the thread sync and answer what it was handed, and wait for it to end.
+    fn finish(self) {
+        drop(self.committed);
+        let _ = self.thread.join();
     }
 }
 
-/// Queue a committed group for the sync thread (started on first use).
+/// Queue a committed group for the sync thread (started on first use after the connection opens).
 fn hand_to_sync(
     syncer: &mut Option<Syncer>,
     wal: &Path,
     committed: Committed,
     stats: &Arc<GroupStats>,
 ) {
-    if syncer.as_ref().is_none_or(|s| s.wal != wal) {
+    if syncer.is_none() {
         match Syncer::start(wal.to_path_buf(), stats.clone()) {
             Ok(s) => *syncer = Some(s),
             Err(e) => {
