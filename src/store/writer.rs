@@ -941,9 +941,15 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(10), store.close())
             .await
             .expect("close returns");
-        assert!(!wal.exists(), "closing must leave the database checkpointed, without a WAL");
+        assert!(
+            !wal.exists(),
+            "closing must leave the database checkpointed, without a WAL"
+        );
         let late = store.append_key_use(entry("test.use"), held).await;
-        assert!(late.is_err(), "a closed store must refuse a use, got {late:?}");
+        assert!(
+            late.is_err(),
+            "a closed store must refuse a use, got {late:?}"
+        );
         assert!(!wal.exists(), "a refused use must not reopen the database");
     }
 
