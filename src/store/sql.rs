@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::writer::{GroupStats, MAX_GROUP, PendingAppend, group_commit, start_sqlite};
+use super::writer::{
+    GroupStats, MAX_GROUP, PendingAppend, check_sqlite_url, group_commit, start_sqlite,
+};
 use super::{
     DueDestruction, KeyRow, Store, StoreError, StoreResult, TenantRow, TokenRow, UseGuard,
     VersionRow, Versions,
@@ -93,6 +95,9 @@ impl SqlStore {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)
             .ok_or_else(|| StoreError::Database("unsupported database URL scheme".into()))?;
+        if backend == Backend::Sqlite {
+            check_sqlite_url(url)?;
+        }
         let mut options = AnyPoolOptions::new().max_connections(max_connections);
         let settings = match backend {
             Backend::Sqlite => SQLITE_PRAGMAS,
@@ -1090,6 +1095,40 @@ mod tests {
     /// The SQLite audit writer opens the database file a second time (its own thread and
     /// connection): an in-memory database, which a second connection would not see, is refused
     /// with a clear error instead of a writer that writes elsewhere.
+    /// URL options under which the writer's own connection would not share the pool's file and
+    /// locks are refused before anything is opened; the server's own URL passes.
+    #[tokio::test]
+    async fn sqlite_url_options_the_writer_cannot_follow_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = format!("sqlite://{}", dir.path().join("t.db").display());
+        for query in [
+            "vfs=unix-dotfile",
+            "mode=rwc&immutable=true",
+            "mode=ro",
+            "mode=memory",
+        ] {
+            let name = query.rsplit('&').next().and_then(|p| p.split('=').next());
+            match SqlStore::connect(&format!("{base}?{query}"), 2).await {
+                Err(StoreError::Database(m)) => {
+                    assert!(
+                        m.contains(&format!("`{}`", name.unwrap_or(""))),
+                        "{query}: {m}"
+                    )
+                }
+                Err(e) => panic!("{query}: unexpected error {e:?}"),
+                Ok(_) => panic!("{query}: must be refused"),
+            }
+        }
+        assert!(
+            !dir.path().join("t.db").exists(),
+            "a refused URL opens nothing"
+        );
+        let store = SqlStore::connect(&format!("{base}?mode=rwc"), 2)
+            .await
+            .expect("the server's own URL form");
+        store.close().await;
+    }
+
     #[tokio::test]
     async fn an_in_memory_sqlite_database_is_refused() {
         let refused = SqlStore::connect("sqlite::memory:", 2).await;

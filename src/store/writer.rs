@@ -30,7 +30,7 @@ use super::{Backend, StoreError, StoreResult, UseGuard};
 use crate::audit::{AuditEntry, NewAuditEntry};
 
 mod sqlite;
-pub(super) use sqlite::start as start_sqlite;
+pub(super) use sqlite::{check_url as check_sqlite_url, start as start_sqlite};
 
 /// Most entries one group commit writes (13 bound parameters each: well under SQLite's and
 /// PostgreSQL's limits).

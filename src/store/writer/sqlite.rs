@@ -37,6 +37,30 @@ struct Files {
     wal: Option<PathBuf>,
 }
 
+/// Refuse SQLite URL options under which the writer's own connection (default VFS, read-write)
+/// would not share the pool's file and locks: another `vfs`, `immutable`, or a `mode` other than
+/// `rw`/`rwc` (`ro` would let the writer write what the pool may not; `memory` has no file).
+/// Checked before connecting.
+pub(in crate::store) fn check_url(url: &str) -> StoreResult<()> {
+    let Some((_, query)) = url.split_once('?') else {
+        return Ok(());
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let allowed = match name {
+            "mode" => matches!(value, "rw" | "rwc"),
+            "cache" => true,
+            _ => false,
+        };
+        if !allowed {
+            return Err(StoreError::Database(format!(
+                "SQLite URL option `{name}` is not supported (allowed: mode=rw|rwc, cache)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Find the pool's database file and start the writer thread on it. A database without a file
 /// (in memory) cannot be shared with a second connection: it is refused.
 pub(in crate::store) async fn start(
