@@ -150,18 +150,9 @@ pub(super) async fn group_commit(
         if received == 0 {
             break;
         }
-        // Requests that are gone (timed out, client hung up) released nothing: no entry for them.
-        let batch: Vec<PendingAppend> = std::mem::take(&mut group)
-            .into_iter()
-            .filter(|p| !p.done.is_closed())
-            .collect();
-        if batch.is_empty() {
+        let Some(batch) = take_batch(&mut group, &stats) else {
             continue;
-        }
-        if let Some(e) = stats.halted() {
-            fail_all(batch, &e);
-            continue;
-        }
+        };
         let writer = match held.take() {
             Some(writer) => writer,
             None => match WriterConn::open(&pool).await {
@@ -217,6 +208,24 @@ fn count_commit(stats: &GroupStats, committed: &Committed) -> bool {
         .entries
         .fetch_add(committed.entries.len() as u64, Ordering::Relaxed);
     true
+}
+
+/// Take what was received as the next group: without requests that are gone (timed out, client
+/// hung up: they released nothing, so no entry for them), and `None` when nothing is left or the
+/// writer has stopped after a failed sync (then every request is answered with that error).
+fn take_batch(group: &mut Vec<PendingAppend>, stats: &GroupStats) -> Option<Vec<PendingAppend>> {
+    let batch: Vec<PendingAppend> = std::mem::take(group)
+        .into_iter()
+        .filter(|p| !p.done.is_closed())
+        .collect();
+    if batch.is_empty() {
+        return None;
+    }
+    if let Some(e) = stats.halted() {
+        fail_all(batch, &e);
+        return None;
+    }
+    Some(batch)
 }
 
 fn fail_all(batch: Vec<PendingAppend>, e: &StoreError) {

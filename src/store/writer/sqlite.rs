@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{
     Committed, GroupStats, GuardQuery, GuardRow, MAX_GROUP, PendingAppend, count_commit, fail_all,
-    fail_waiters, guards_holding, split_by_guards,
+    fail_waiters, guards_holding, split_by_guards, take_batch,
 };
 use crate::store::sql::{SQLITE_PRAGMAS, chain_entries, db_err};
 use crate::store::{Backend, StoreError, StoreResult};
@@ -152,18 +152,9 @@ fn run(
         if received == 0 {
             break;
         }
-        // Requests that are gone (timed out, client hung up) released nothing: no entry for them.
-        let batch: Vec<PendingAppend> = std::mem::take(&mut group)
-            .into_iter()
-            .filter(|p| !p.done.is_closed())
-            .collect();
-        if batch.is_empty() {
+        let Some(batch) = take_batch(&mut group, stats) else {
             continue;
-        }
-        if let Some(e) = stats.halted() {
-            fail_all(batch, &e);
-            continue;
-        }
+        };
         // Closed: no new connection (the pool's writers get `PoolClosed` alike).
         if held.is_none() && pool.is_closed() {
             fail_all(batch, &StoreError::Database("the store is closed".into()));
