@@ -10,7 +10,9 @@
 //!
 //! | group          | ids                                                                        |
 //! |----------------|----------------------------------------------------------------------------|
-//! | `x25519`       | `keygen` (public key from secret: base-point mult), `dh` (AWS-LC, as used) |
+//! | `x25519`       | `keygen` (public key from secret: base-point mult), `dh` (AWS-LC ladder),  |
+//! |                | `dh_table` (curve25519-dalek table of the peer's point: a key in heavy     |
+//! |                | use), `table_create` (building that table once)                            |
 //! | `x25519_dalek` | `keygen`, `dh`: the x25519-dalek ladder it replaced, side by side          |
 //! | `mlkem768`     | `{keygen,encaps,decaps}/{libcrux,rustcrypto}`,                             |
 //! |                | `{encaps,decaps}/libcrux_unpacked` (x86-64 with AVX2 only)                 |
@@ -20,7 +22,8 @@
 //! | `getrandom`    | `fill/{12,64}`                                                             |
 //! | `composite`    | `wrap`, `generate_data_key`, `unwrap`, `field/{encrypt,decrypt}_64B`,      |
 //! |                | `envelope/{seal,open}_1KiB`, `unseal_tenant_key`, `context_digest_empty`   |
-//! | `inline`       | `wrap_primitives`, `unwrap_primitives` (the primitives back to back)       |
+//! | `inline`       | `wrap_primitives` (DH by table, as for a key in heavy use),                |
+//! |                | `unwrap_primitives`: the primitives back to back                           |
 
 use std::hint::black_box;
 
@@ -29,6 +32,9 @@ use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use aws_lc_rs::agreement::{self, PrivateKey, UnparsedPublicKey, X25519};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use curve25519_dalek::edwards::{EdwardsBasepointTable, EdwardsPoint};
+use curve25519_dalek::montgomery::MontgomeryPoint;
+use curve25519_dalek::traits::BasepointTable;
 use hkdf::Hkdf;
 use libcrux_ml_kem::mlkem768;
 use ml_kem::{B32, Decapsulate, DecapsulationKey768, KeyExport, Seed};
@@ -86,6 +92,16 @@ fn x25519_dh(secret: &PrivateKey, peer: &[u8; 32]) -> [u8; 32] {
     shared
 }
 
+/// A point as `FixedPoint` turns it into a table: its Edwards form (either sign).
+fn peer_table_point(peer: &[u8; 32]) -> EdwardsPoint {
+    MontgomeryPoint(*peer).to_edwards(0).expect("on the curve")
+}
+
+/// X25519 with the peer's precomputed table, as `FixedPoint` computes it once the table is built.
+fn x25519_dh_table(table: &EdwardsBasepointTable, scalar: [u8; 32]) -> [u8; 32] {
+    table.mul_base_clamped(scalar).to_montgomery().to_bytes()
+}
+
 /// The X-Wing combiner: SHA3-256 over `ss_M || ss_X || ct_X || pk_X || label` (134 bytes).
 fn combiner_input() -> [u8; 134] {
     let mut input = [0x77u8; 134];
@@ -102,6 +118,20 @@ fn bench_x25519(c: &mut Criterion) {
     });
     g.bench_function("dh", |b| {
         b.iter(|| x25519_dh(black_box(&secret), black_box(&peer)))
+    });
+    // A tenant key in heavy use: its pk_X's precomputed table (`FixedPoint` in the envelope
+    // crate), and what building the table costs once.
+    let point = peer_table_point(&peer);
+    let table = EdwardsBasepointTable::create(&point);
+    assert_eq!(
+        x25519_dh_table(&table, X25519_SCALAR),
+        x25519_dh(&secret, &peer)
+    );
+    g.bench_function("dh_table", |b| {
+        b.iter(|| x25519_dh_table(black_box(&table), black_box(X25519_SCALAR)))
+    });
+    g.bench_function("table_create", |b| {
+        b.iter(|| EdwardsBasepointTable::create(black_box(&point)))
     });
     g.finish();
 
@@ -375,6 +405,7 @@ fn bench_inline(c: &mut Criterion) {
     let pair = mlkem768::generate_key_pair(KEYGEN_SEED);
     let x_secret = x25519_secret(X25519_SCALAR);
     let x_public = x25519_public(X25519_SCALAR);
+    let x_table = EdwardsBasepointTable::create(&peer_table_point(&x_public));
     let header = [0x55u8; WRAP_HEADER_LEN];
     let data_key = [0x99u8; 32];
     let nonce = Nonce::from(AES_NONCE);
@@ -416,10 +447,11 @@ fn bench_inline(c: &mut Criterion) {
             getrandom::fill(&mut eseed).expect("OS randomness");
             let mut nonce = [0u8; 12];
             getrandom::fill(&mut nonce).expect("OS randomness");
-            let ek_x = x25519_secret(<[u8; 32]>::try_from(&eseed[32..]).expect("32 bytes"));
+            let ek_x_bytes = <[u8; 32]>::try_from(&eseed[32..]).expect("32 bytes");
+            let ek_x = x25519_secret(ek_x_bytes);
             let ct_x = <[u8; 32]>::try_from(ek_x.compute_public_key().expect("public").as_ref())
                 .expect("32 bytes");
-            let ss_x = x25519_dh(&ek_x, black_box(&x_public));
+            let ss_x = x25519_dh_table(black_box(&x_table), ek_x_bytes);
             let m = <[u8; 32]>::try_from(&eseed[..32]).expect("32 bytes");
             let (ct_m, ss_m) = mlkem768::encapsulate(black_box(pair.public_key()), m);
             let kek = kdf_and_key(&combine(&ss_m, &ss_x, &ct_x));

@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::primitives::mlkem;
-use crate::primitives::x25519::X25519Secret;
+use crate::primitives::x25519::{FixedPoint, X25519Secret};
 
 /// X-Wing private key seed length.
 pub(crate) const SEED_LEN: usize = 32;
@@ -43,7 +43,8 @@ pub(crate) struct DecapsulationKey {
 /// A validated X-Wing public key.
 pub(crate) struct EncapsulationKey {
     mlkem: mlkem::MlKemPublicKey,
-    x25519_public: [u8; 32],
+    /// pk_X: every encapsulation multiplies it with a fresh scalar (a table once in heavy use).
+    x25519_public: FixedPoint,
 }
 
 impl DecapsulationKey {
@@ -95,7 +96,7 @@ impl EncapsulationKey {
         let mlkem = mlkem::MlKemPublicKey::new(&pk_m).ok_or(Error::InvalidPublicKey)?;
         Ok(EncapsulationKey {
             mlkem,
-            x25519_public,
+            x25519_public: FixedPoint::new(x25519_public),
         })
     }
 
@@ -116,11 +117,11 @@ impl EncapsulationKey {
         m.copy_from_slice(&eseed[..32]);
         let mut ek_x = Zeroizing::new([0u8; 32]);
         ek_x.copy_from_slice(&eseed[32..]);
-        let ek_x = X25519Secret::from_bytes(&ek_x)?;
-        let ct_x = ek_x.public_key()?;
+        let ct_x = X25519Secret::from_bytes(&ek_x)?.public_key()?;
         // A low-order pk_X gives an all-zero share: refuse to wrap to such a key.
-        let ss_x = ek_x
-            .diffie_hellman(&self.x25519_public)
+        let ss_x = self
+            .x25519_public
+            .diffie_hellman(&ek_x)
             .map_err(|_| Error::InvalidPublicKey)?;
         let (ct_m, ss_m) = self.mlkem.encaps(&m);
         let ss_m = Zeroizing::new(ss_m);
@@ -128,7 +129,16 @@ impl EncapsulationKey {
         let mut ct = [0u8; CIPHERTEXT_LEN];
         ct[..mlkem::CIPHERTEXT_LEN].copy_from_slice(&ct_m);
         ct[mlkem::CIPHERTEXT_LEN..].copy_from_slice(&ct_x);
-        Ok((ct, combine(&ss_m, &ss_x, &ct_x, &self.x25519_public)))
+        Ok((
+            ct,
+            combine(&ss_m, &ss_x, &ct_x, self.x25519_public.as_bytes()),
+        ))
+    }
+
+    /// Whether pk_X's table is in use (tests).
+    #[cfg(test)]
+    pub(crate) fn has_x25519_table(&self) -> bool {
+        self.x25519_public.has_table()
     }
 }
 

