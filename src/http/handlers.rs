@@ -546,12 +546,28 @@ async fn generate_once(
         },
     )?;
 
-    let mut out = json!({ "wrapped_key": B64.encode(wrapped.as_bytes()), "version": v.version });
-    if body.include_plaintext.unwrap_or(true) {
-        let plaintext = Zeroizing::new(B64.encode(data_key.expose_secret()));
-        out["plaintext"] = json!(plaintext.as_str());
-    }
-    Ok(Json(out).into_response())
+    let wrapped_key = B64.encode(wrapped.as_bytes());
+    let plaintext = body
+        .include_plaintext
+        .unwrap_or(true)
+        .then(|| Zeroizing::new(B64.encode(data_key.expose_secret())));
+    Ok(Json(DataKeyAnswer {
+        wrapped_key: Some(&wrapped_key),
+        plaintext: plaintext.as_deref().map(String::as_str),
+        version: v.version,
+    })
+    .into_response())
+}
+
+/// A data key's answer, serialized straight from borrowed fields: the plaintext's base64 exists
+/// only in a zeroized string and in the response body, not in an unwiped `serde_json::Value` too.
+#[derive(Serialize)]
+struct DataKeyAnswer<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wrapped_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plaintext: Option<&'a str>,
+    version: i64,
 }
 
 #[derive(Deserialize)]
@@ -606,7 +622,12 @@ async fn decrypt_once(
         .await?;
     let (version, data_key) = opened.into_result()?;
     let plaintext = Zeroizing::new(B64.encode(data_key.expose_secret()));
-    Ok(Json(json!({ "plaintext": plaintext.as_str(), "version": version })).into_response())
+    Ok(Json(DataKeyAnswer {
+        wrapped_key: None,
+        plaintext: Some(&plaintext),
+        version,
+    })
+    .into_response())
 }
 
 /// What happened to a wrapped key presented for opening.
