@@ -123,7 +123,13 @@ pub async fn blind_index_key(
     };
     let field_key = field_key(&index_secret, &body.field)?;
     let encoded = Zeroizing::new(B64.encode(&field_key[..]));
-    Ok(Json(json!({ "key": encoded.as_str() })).into_response())
+    Ok(Json(BlindIndexKeyAnswer { key: &encoded }).into_response())
+}
+
+/// The answer, serialized straight from the zeroized string (no unwiped `serde_json::Value` copy).
+#[derive(serde::Serialize)]
+struct BlindIndexKeyAnswer<'a> {
+    key: &'a str,
 }
 
 /// The key's index secret as opened, and what this request did to it.

@@ -6,7 +6,6 @@ mod handlers;
 mod lifecycle;
 pub mod metrics;
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -19,6 +18,7 @@ use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 
 pub use error::ApiError;
 pub use lifecycle::lifecycle_tick;
@@ -162,15 +162,25 @@ async fn request_context(
     response
 }
 
-/// A request id: SipHash, keyed at random once per process (std's `RandomState`), of a counter.
-/// Unique within the process up to 64-bit collisions like the random ids it replaced, and as
-/// unpredictable — a bare counter would tell every client how many requests others make — without
-/// a `getrandom` system call per request.
+/// A request id: the first 64 bits of SHA-256 over a per-process random key and a counter — a
+/// keyed PRF of the counter, so ids are unique within the process up to 64-bit collisions, like
+/// the random ids they replaced, and as unpredictable (a bare counter would tell every client how
+/// many requests others make), without a `getrandom` system call per request.
 fn next_request_id() -> String {
-    static KEY: LazyLock<RandomState> = LazyLock::new(RandomState::new);
+    static KEY: LazyLock<[u8; 32]> = LazyLock::new(|| {
+        let mut key = [0u8; 32];
+        // Without OS randomness no key operation works either; ids would then only lose their
+        // unpredictability, not their uniqueness.
+        let _ = getrandom::fill(&mut key);
+        key
+    });
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("req_{:016x}", KEY.hash_one(n))
+    let digest = Sha256::new()
+        .chain_update(*KEY)
+        .chain_update(n.to_le_bytes())
+        .finalize();
+    format!("req_{}", hex::encode(&digest[..8]))
 }
 
 async fn with_timeout(limit: Duration, req: Request, next: Next) -> Response {

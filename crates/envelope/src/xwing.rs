@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
 use crate::primitives::mlkem;
-use crate::primitives::x25519::{FixedPoint, X25519Secret};
+use crate::primitives::x25519::{EphemeralScalar, FixedPoint, X25519Secret};
 
 /// X-Wing private key seed length.
 pub(crate) const SEED_LEN: usize = 32;
@@ -117,12 +117,16 @@ impl EncapsulationKey {
         m.copy_from_slice(&eseed[..32]);
         let mut ek_x = Zeroizing::new([0u8; 32]);
         ek_x.copy_from_slice(&eseed[32..]);
-        let ct_x = X25519Secret::from_bytes(&ek_x)?.public_key()?;
+        let ek_x = EphemeralScalar::from_bytes(&ek_x)?;
+        let ct_x = ek_x.public_key()?;
         // A low-order pk_X gives an all-zero share: refuse to wrap to such a key.
         let ss_x = self
             .x25519_public
             .diffie_hellman(&ek_x)
-            .map_err(|_| Error::InvalidPublicKey)?;
+            .map_err(|e| match e {
+                Error::Decryption => Error::InvalidPublicKey,
+                other => other,
+            })?;
         let (ct_m, ss_m) = self.mlkem.encaps(&m);
         let ss_m = Zeroizing::new(ss_m);
 

