@@ -25,3 +25,26 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+/// Lower-case hex of `bytes`. `hex::encode` collects a `String` one `char` at a time; this writes
+/// the digits into one buffer. Used for the digests, ids and hashes each request records.
+pub fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    /// The same digits as the `hex` crate, for every byte value.
+    #[test]
+    fn hex_lower_matches_the_hex_crate() {
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(super::hex_lower(&all), hex::encode(&all));
+        assert_eq!(super::hex_lower(&[]), "");
+    }
+}

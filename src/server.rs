@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use crate::audit::NewAuditEntry;
 use crate::auth::new_token;
 use crate::config::Config;
-use crate::http::{AppState, Limits, metrics::Metrics, router};
+use crate::http::{AppParts, AppState, Limits, metrics::Metrics, router};
 use crate::keys::KeyService;
 use crate::store::{Directory, SqlStore, Store, TokenRow};
 
@@ -251,13 +251,13 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     let store: Arc<dyn Store> = Arc::new(store);
     bootstrap(store.as_ref(), &config.data_dir).await?;
 
-    let state = AppState {
+    let state = AppState::new(AppParts {
         directory: Arc::new(Directory::new(store.clone(), config.key_cache_capacity)),
         store,
         keys: Arc::new(KeyService::new(root, previous, config.key_cache_capacity)),
         metrics: Arc::new(Metrics::default()),
         min_destroy_waiting_secs: config.min_destroy_waiting_secs,
-    };
+    });
     let app = router(
         state.clone(),
         Limits {

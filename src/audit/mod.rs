@@ -168,7 +168,7 @@ impl AuditEntry {
         field(&mut h, self.context_hash.as_deref());
         field(&mut h, self.detail.as_deref());
         h.update(self.prev_hash.as_bytes());
-        hex::encode(h.finalize())
+        crate::hex_lower(&h.finalize())
     }
 }
 

@@ -166,7 +166,7 @@ pub fn new_token() -> Result<(Zeroizing<String>, String), getrandom::Error> {
 /// What the database stores for a token: hex SHA-256. A fast hash suffices because the token has
 /// 256 bits of entropy (no dictionary to attack), and it lets lookup be one indexed query.
 pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    crate::hex_lower(&Sha256::digest(token.as_bytes()))
 }
 
 #[cfg(test)]

@@ -522,7 +522,7 @@ async fn generate_once(
     let mut entry = audit(&p, req, "data_key.generate", Some(tenant_name));
     entry.key = Some(key_name.to_owned());
     entry.version = Some(v.version);
-    entry.context_hash = Some(hex::encode(context.digest().as_bytes()));
+    entry.context_hash = Some(crate::hex_lower(context.digest().as_bytes()));
 
     // The entry records what was asked (key, version, context), not what the encapsulation
     // returns, so it is committed while the encapsulation runs: the request waits for the longer
@@ -551,11 +551,11 @@ async fn generate_once(
         .include_plaintext
         .unwrap_or(true)
         .then(|| Zeroizing::new(B64.encode(data_key.expose_secret())));
-    Ok(Json(DataKeyAnswer {
+    Ok(DataKeyAnswer {
         wrapped_key: Some(&wrapped_key),
         plaintext: plaintext.as_deref().map(String::as_str),
         version: v.version,
-    })
+    }
     .into_response())
 }
 
@@ -568,6 +568,27 @@ struct DataKeyAnswer<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     plaintext: Option<&'a str>,
     version: i64,
+}
+
+impl DataKeyAnswer<'_> {
+    /// The 200 answer, serialized into one buffer of the right size. axum's `Json` starts at 128
+    /// bytes and grows four times for a wrapped key's 1.7 kB, leaving behind freed copies of a
+    /// plaintext key each time.
+    fn into_response(self) -> Response {
+        let fields = self.wrapped_key.map_or(0, str::len) + self.plaintext.map_or(0, str::len);
+        let mut body = Vec::with_capacity(fields + 64);
+        match serde_json::to_writer(&mut body, &self) {
+            Ok(()) => (
+                [(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response(),
+            Err(e) => ApiError::Internal(format!("data key answer: {e}")).into_response(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -611,7 +632,7 @@ async fn decrypt_once(
 
     let mut entry = audit(&p, req, "data_key.decrypt", Some(tenant_name));
     entry.key = Some(key_name.to_owned());
-    entry.context_hash = Some(hex::encode(context.digest().as_bytes()));
+    entry.context_hash = Some(crate::hex_lower(context.digest().as_bytes()));
 
     let opened = open_wrapped(state, &t, &k, &versions, &blob, &context, Retired::Refuse).await?;
     entry.version = opened.version();
@@ -622,11 +643,11 @@ async fn decrypt_once(
         .await?;
     let (version, data_key) = opened.into_result()?;
     let plaintext = Zeroizing::new(B64.encode(data_key.expose_secret()));
-    Ok(Json(DataKeyAnswer {
+    Ok(DataKeyAnswer {
         wrapped_key: None,
         plaintext: Some(&plaintext),
         version,
-    })
+    }
     .into_response())
 }
 

@@ -172,7 +172,7 @@ async fn rewrap_one(
     let context = context_of(item.context);
     let mut entry = audit(p, req, "data_key.rewrap", Some(&t.name));
     entry.key = Some(k.name.clone());
-    entry.context_hash = Some(hex::encode(context.digest().as_bytes()));
+    entry.context_hash = Some(crate::hex_lower(context.digest().as_bytes()));
     let versions = state.directory.versions(&k.id, Read::Fresh).await?;
     let opened = open_wrapped(state, t, k, &versions, &blob, &context, Retired::Allow).await?;
     let (from, data_key) = match opened {

@@ -10,13 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
@@ -28,9 +29,28 @@ use crate::auth::{Principal, token_hash};
 use crate::keys::KeyService;
 use crate::store::{Directory, Read, Store};
 
-/// Shared by every handler.
+/// Shared by every handler: one `Arc`, so the clone axum makes for every extractor and middleware
+/// that takes the state is one reference count, not one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppParts>);
+
+impl AppState {
+    /// Share `parts` with every handler.
+    pub fn new(parts: AppParts) -> AppState {
+        AppState(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppParts;
+
+    fn deref(&self) -> &AppParts {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct AppParts {
     /// Persistence.
     pub store: Arc<dyn Store>,
     /// Key creation and the unsealed-key cache.
@@ -180,7 +200,7 @@ fn next_request_id() -> String {
         .chain_update(*KEY)
         .chain_update(n.to_le_bytes())
         .finalize();
-    format!("req_{}", hex::encode(&digest[..8]))
+    format!("req_{}", crate::hex_lower(&digest[..8]))
 }
 
 async fn with_timeout(limit: Duration, req: Request, next: Next) -> Response {
@@ -204,22 +224,55 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let value = match Json::<serde_json::Value>::from_request(req, state).await {
-            Ok(Json(v)) => v,
+        if !json_content_type(req.headers()) {
+            return Err(ApiError::BadRequest(
+                "Expected request with `Content-Type: application/json`".into(),
+            ));
+        }
+        let body = match Bytes::from_request(req, state).await {
+            Ok(body) => body,
             Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 return Err(ApiError::TooLarge);
             }
             Err(rejection) => return Err(ApiError::BadRequest(rejection.body_text())),
         };
-        if !value.is_object() {
+        // Parsed once, straight into the type. A document that starts with `{` is an object if it
+        // parses at all; anything else is refused before serde could read a struct from an array.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(ApiError::BadRequest(
-                "the body must be a JSON object".into(),
+                match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+                    Ok(_) => "the body must be a JSON object".into(),
+                    Err(e) => format!("Failed to parse the request body as JSON: {e}"),
+                },
             ));
         }
-        serde_json::from_value(value)
-            .map(ApiJson)
-            .map_err(|e| ApiError::BadRequest(format!("invalid body: {e}")))
+        serde_json::from_slice(&body).map(ApiJson).map_err(|e| {
+            ApiError::BadRequest(if e.is_data() {
+                format!("invalid body: {e}")
+            } else {
+                format!("Failed to parse the request body as JSON: {e}")
+            })
+        })
     }
+}
+
+/// `application/json` or any `application/*+json`, parameters (charset) ignored: what axum's
+/// `Json` accepts.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || subtype.len() > 5
+                && subtype.as_bytes()[subtype.len() - 5..].eq_ignore_ascii_case(b"+json"))
 }
 
 /// Path parameters with our error format on rejection (e.g. invalid percent-encoding).
@@ -333,7 +386,97 @@ async fn authenticate(state: &AppState, hash: &str, read: Read) -> Result<Princi
 
 #[cfg(test)]
 mod tests {
-    use super::next_request_id;
+    use super::{ApiError, ApiJson, json_content_type, next_request_id};
+    use axum::extract::{FromRequest, Request};
+    use axum::http::HeaderMap;
+
+    #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        name: String,
+    }
+
+    async fn extract(content_type: Option<&str>, body: &str) -> Result<String, String> {
+        let mut req = Request::builder().method("POST").uri("/");
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let req = req
+            .body(axum::body::Body::from(body.to_owned()))
+            .expect("request");
+        match ApiJson::<Body>::from_request(req, &()).await {
+            Ok(ApiJson(b)) => Ok(b.name),
+            Err(ApiError::BadRequest(m)) => Err(m),
+            Err(other) => Err(format!("not a 400: {other:?}")),
+        }
+    }
+
+    /// One parse straight into the type, with the answers the two-step parse gave: objects only,
+    /// syntax and data errors told apart, JSON content types only.
+    #[tokio::test]
+    async fn json_bodies_are_objects_of_the_right_shape() {
+        let json = Some("application/json");
+        assert_eq!(extract(json, r#"{"name":"a"}"#).await, Ok("a".into()));
+        assert_eq!(
+            extract(
+                Some("application/json; charset=utf-8"),
+                " \n\t{\"name\":\"b\"} "
+            )
+            .await,
+            Ok("b".into())
+        );
+        assert_eq!(
+            extract(Some("Application/Problem+JSON"), r#"{"name":"c"}"#).await,
+            Ok("c".into())
+        );
+        for (body, expected) in [
+            (r#"["a"]"#, "the body must be a JSON object"),
+            ("null", "the body must be a JSON object"),
+            (" 5", "the body must be a JSON object"),
+            ("", "Failed to parse the request body as JSON"),
+            ("hello", "Failed to parse the request body as JSON"),
+            (r#"{"name":"#, "Failed to parse the request body as JSON"),
+            (
+                r#"{"name":"a"} x"#,
+                "Failed to parse the request body as JSON",
+            ),
+            (r#"{"name":5}"#, "invalid body: invalid type"),
+            (r#"{"name":"a","other":1}"#, "invalid body: unknown field"),
+            ("{}", "invalid body: missing field"),
+        ] {
+            let got = extract(json, body).await;
+            assert!(
+                matches!(&got, Err(m) if m.starts_with(expected)),
+                "{body:?}: {got:?}"
+            );
+        }
+        for ct in [
+            None,
+            Some("text/plain"),
+            Some("application/xml"),
+            Some("json"),
+        ] {
+            assert!(
+                extract(ct, r#"{"name":"a"}"#).await.is_err(),
+                "{ct:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn json_content_types() {
+        let accepts = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("content-type", v.parse().expect("header"));
+            json_content_type(&h)
+        };
+        assert!(accepts("application/json"));
+        assert!(accepts("application/vnd.api+json"));
+        assert!(!accepts("application/+json"));
+        assert!(!accepts("application/jsonx"));
+        assert!(!accepts("text/json"));
+        assert!(!json_content_type(&HeaderMap::new()));
+    }
 
     /// Request ids keep their format, do not repeat, and do not count: neighbours differ in many
     /// bits (a counter, or a counter under a fixed offset, would differ in a few low ones).

@@ -104,12 +104,13 @@ impl EncapsulationKey {
     pub(crate) fn encapsulate(&self) -> Result<([u8; CIPHERTEXT_LEN], Zeroizing<[u8; 32]>)> {
         let mut eseed = Zeroizing::new([0u8; ENCAPS_SEED_LEN]);
         crate::primitives::fill_random(&mut eseed[..])?;
-        self.encapsulate_deterministic(&eseed)
+        self.encapsulate_with_seed(&eseed)
     }
 
-    /// Encapsulate with caller-chosen randomness. Only for known-answer tests and golden vectors:
-    /// reusing `eseed` breaks the KEM.
-    pub(crate) fn encapsulate_deterministic(
+    /// Encapsulate with caller-supplied randomness: fresh from the OS (a data key draws its seed
+    /// together with its key and nonce), or a known-answer test's seed. Reusing `eseed` breaks
+    /// the KEM.
+    pub(crate) fn encapsulate_with_seed(
         &self,
         eseed: &[u8; ENCAPS_SEED_LEN],
     ) -> Result<([u8; CIPHERTEXT_LEN], Zeroizing<[u8; 32]>)> {

@@ -289,3 +289,32 @@ proptest! {
         }
     }
 }
+
+/// A data key's three random inputs come from one draw: each must still be its own part of it.
+/// Generated keys open to themselves, and no two keys, ciphertexts or nonces repeat or overlap
+/// (a wrong split would reuse bytes of the key as the nonce or the encapsulation seed).
+#[test]
+fn generated_data_keys_use_independent_randomness() {
+    use crate::primitives::aead::NONCE_LEN;
+    use crate::xwing::CIPHERTEXT_LEN;
+    use std::collections::HashSet;
+
+    let key = private(1, key_ref(1, 1));
+    let (mut keys, mut cts, mut nonces) = (HashSet::new(), HashSet::new(), HashSet::new());
+    for _ in 0..64 {
+        let (dk, wrapped) = key.public_key().generate_data_key(&ctx()).unwrap();
+        let opened = key.unwrap_data_key(&wrapped, &ctx()).unwrap();
+        assert_eq!(opened.expose_secret(), dk.expose_secret());
+        let bytes = wrapped.as_bytes();
+        let ct = &bytes[HEADER_LEN..HEADER_LEN + CIPHERTEXT_LEN];
+        let nonce = &bytes[HEADER_LEN + CIPHERTEXT_LEN..HEADER_LEN + CIPHERTEXT_LEN + NONCE_LEN];
+        let dk = dk.expose_secret();
+        assert!(
+            !dk.windows(NONCE_LEN).any(|w| w == nonce),
+            "nonce taken from the key"
+        );
+        assert!(keys.insert(*dk));
+        assert!(cts.insert(ct.to_vec()));
+        assert!(nonces.insert(nonce.to_vec()));
+    }
+}

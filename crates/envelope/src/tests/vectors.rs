@@ -20,7 +20,7 @@ fn xwing_draft06_vectors() {
         let (dk, pk) = DecapsulationKey::from_seed(&arr(&h("seed"))).unwrap();
         assert_eq!(pk.to_vec(), h("pk"));
         let ek = EncapsulationKey::new(&pk).unwrap();
-        let (ct, ss) = ek.encapsulate_deterministic(&arr(&h("eseed"))).unwrap();
+        let (ct, ss) = ek.encapsulate_with_seed(&arr(&h("eseed"))).unwrap();
         assert_eq!(ct.to_vec(), h("ct"));
         assert_eq!(ss.to_vec(), h("ss"));
         assert_eq!(dk.decapsulate(&ct).unwrap().to_vec(), h("ss"));
@@ -33,7 +33,7 @@ fn xwing_draft06_vectors() {
             assert_eq!(*dk.decapsulate(&ct).unwrap(), *ss);
         }
         assert!(ek.has_x25519_table());
-        let (ct, ss) = ek.encapsulate_deterministic(&arr(&h("eseed"))).unwrap();
+        let (ct, ss) = ek.encapsulate_with_seed(&arr(&h("eseed"))).unwrap();
         assert_eq!(ct.to_vec(), h("ct"));
         assert_eq!(ss.to_vec(), h("ss"));
     }
@@ -43,7 +43,7 @@ fn xwing_draft06_vectors() {
 fn xwing_refuses_low_order_x25519_shares() {
     let (dk, pk) = DecapsulationKey::from_seed(&[7; 32]).unwrap();
     let ek = EncapsulationKey::new(&pk).unwrap();
-    let (mut ct, _) = ek.encapsulate_deterministic(&[9; 64]).unwrap();
+    let (mut ct, _) = ek.encapsulate_with_seed(&[9; 64]).unwrap();
     // u = 0 and u = 1 are small-order points: X25519 yields all zeros.
     for point in [[0u8; 32], {
         let mut one = [0u8; 32];
@@ -56,7 +56,7 @@ fn xwing_refuses_low_order_x25519_shares() {
         bad_pk[mlkem::PUBLIC_KEY_LEN..].copy_from_slice(&point);
         let bad = EncapsulationKey::new(&bad_pk).unwrap();
         assert_eq!(
-            bad.encapsulate_deterministic(&[9; 64]).err(),
+            bad.encapsulate_with_seed(&[9; 64]).err(),
             Some(crate::Error::InvalidPublicKey)
         );
     }
