@@ -9,14 +9,20 @@ use crate::store::GroupCommitStats;
 /// Request counters by route template and status.
 #[derive(Default)]
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    /// Route template, then status. Two levels so that counting looks the route up by `&str`
+    /// and allocates only for a route's first answer.
+    requests: Mutex<BTreeMap<String, BTreeMap<u16, u64>>>,
 }
 
 impl Metrics {
     /// Count one answered request.
     pub fn record(&self, route: &str, status: u16) {
         let mut m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        *m.entry((route.to_owned(), status)).or_default() += 1;
+        if let Some(by_status) = m.get_mut(route) {
+            *by_status.entry(status).or_default() += 1;
+        } else {
+            m.insert(route.to_owned(), BTreeMap::from([(status, 1)]));
+        }
     }
 
     /// Prometheus text exposition.
@@ -25,12 +31,14 @@ impl Metrics {
         out.push_str("# HELP pqkms_http_requests_total HTTP requests answered.\n");
         out.push_str("# TYPE pqkms_http_requests_total counter\n");
         let m = self.requests.lock().unwrap_or_else(|p| p.into_inner());
-        for ((route, status), n) in m.iter() {
+        for (route, by_status) in m.iter() {
             let route = route.replace('\\', "\\\\").replace('"', "\\\"");
-            let _ = writeln!(
-                out,
-                "pqkms_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
-            );
+            for (status, n) in by_status {
+                let _ = writeln!(
+                    out,
+                    "pqkms_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                );
+            }
         }
         out.push_str("# HELP pqkms_cached_private_keys Unsealed tenant private keys in memory.\n");
         out.push_str("# TYPE pqkms_cached_private_keys gauge\n");

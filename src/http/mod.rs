@@ -143,14 +143,23 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         )
         .fallback(handlers::no_route)
         .method_not_allowed_fallback(handlers::no_method);
-    api.layer(DefaultBodyLimit::max(limits.max_body_bytes))
+    with_request_context(
+        api.layer(DefaultBodyLimit::max(limits.max_body_bytes)),
+        state,
+        limits,
+    )
+}
+
+/// Wrap every route of `routes` in [`request_context`].
+fn with_request_context(routes: Router<AppState>, state: AppState, limits: Limits) -> Router {
+    routes
         .layer(middleware::from_fn_with_state(
-            state.clone(),
+            RequestContext {
+                state: state.clone(),
+                timeout: limits.request_timeout,
+            },
             request_context,
         ))
-        .layer(middleware::from_fn(move |req, next| {
-            with_timeout(limits.request_timeout, req, next)
-        }))
         .with_state(state)
 }
 
@@ -158,23 +167,35 @@ pub fn router(state: AppState, limits: Limits) -> Router {
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// Assign a request id, count the answer by route and status.
+/// What [`request_context`] needs besides the request.
+#[derive(Clone)]
+struct RequestContext {
+    state: AppState,
+    timeout: Duration,
+}
+
+/// Every request's one middleware: assign a request id, answer 503 past the time limit, count the
+/// answer by route and status. One layer rather than one per concern: each `from_fn` layer boxes
+/// a future and clones the inner service per request.
 async fn request_context(
-    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::State(cx): axum::extract::State<RequestContext>,
     mut req: Request,
     next: Next,
 ) -> Response {
     let id = next_request_id();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     req.extensions_mut().insert(RequestId(id.clone()));
     let span =
         tracing::info_span!("request", request_id = %id, method = %req.method(), route = %route);
-    let mut response = tracing::Instrument::instrument(next.run(req), span).await;
-    state.metrics.record(&route, response.status().as_u16());
+    let answer = tokio::time::timeout(cx.timeout, next.run(req));
+    let mut response = match tracing::Instrument::instrument(answer, span).await {
+        Ok(response) => response,
+        Err(_) => axum::response::IntoResponse::into_response(ApiError::Unavailable(
+            "request timed out".into(),
+        )),
+    };
+    cx.state.metrics.record(route, response.status().as_u16());
     tracing::debug!(request_id = %id, route = %route, status = response.status().as_u16(), "answered");
     if let Ok(v) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", v);
@@ -201,15 +222,6 @@ fn next_request_id() -> String {
         .chain_update(n.to_le_bytes())
         .finalize();
     format!("req_{}", crate::hex_lower(&digest[..8]))
-}
-
-async fn with_timeout(limit: Duration, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => axum::response::IntoResponse::into_response(ApiError::Unavailable(
-            "request timed out".into(),
-        )),
-    }
 }
 
 /// JSON body extractor whose rejections use our error format: 413 over the limit, 400 otherwise.
@@ -461,6 +473,73 @@ mod tests {
                 "{ct:?} accepted"
             );
         }
+    }
+
+    /// A request past the time limit answers 503 in the error shape, and still carries its request
+    /// id and is counted, like every other answer.
+    #[tokio::test]
+    async fn a_request_past_the_time_limit_answers_503_with_its_id() {
+        use super::{AppParts, AppState, Limits, metrics::Metrics, with_request_context};
+        use crate::keys::KeyService;
+        use crate::store::{Directory, SqlStore, Store};
+        use axum::routing::get;
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let store: Arc<dyn Store> = Arc::new(SqlStore::connect(&url, 2).await.expect("store"));
+        let root = pqkms_envelope::RootKey::generate(1).expect("root key");
+        let state = AppState::new(AppParts {
+            directory: Arc::new(Directory::new(store.clone(), 8)),
+            store,
+            keys: Arc::new(KeyService::new(root, Vec::new(), 8)),
+            metrics: Arc::new(Metrics::default()),
+            min_destroy_waiting_secs: 0,
+        });
+        let routes = axum::Router::new()
+            .route(
+                "/slow",
+                get(|| async { tokio::time::sleep(Duration::from_secs(30)).await }),
+            )
+            .route("/fast", get(|| async { "ok" }));
+        let limits = Limits {
+            max_body_bytes: 1024,
+            request_timeout: Duration::from_millis(50),
+        };
+        let app = with_request_context(routes, state.clone(), limits);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = reqwest::Client::new();
+
+        let slow = client
+            .get(format!("{base}/slow"))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(slow.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(slow.headers().contains_key("x-request-id"));
+        let v: serde_json::Value = slow.json().await.expect("JSON");
+        assert_eq!(v["error"]["code"], "unavailable", "{v}");
+        let fast = client
+            .get(format!("{base}/fast"))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(fast.status(), reqwest::StatusCode::OK);
+
+        let counted = state.metrics.render(0, Default::default());
+        assert!(
+            counted.contains(r#"route="/slow",status="503"} 1"#),
+            "{counted}"
+        );
+        assert!(
+            counted.contains(r#"route="/fast",status="200"} 1"#),
+            "{counted}"
+        );
     }
 
     #[test]
