@@ -2,6 +2,7 @@
 //! store rows). Values are `Arc`s so a reader keeps what it got while the map moves on; dropping
 //! the last `Arc` of a secret zeroizes it.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::Arc;
@@ -24,8 +25,13 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
         }
     }
 
-    /// The entry for `k`.
-    pub fn get(&self, k: &K) -> Option<Arc<V>> {
+    /// The entry for `k`, looked up by any borrowed form of the key (`&str` for `String` keys: no
+    /// owned key is built for a hit).
+    pub fn get<Q>(&self, k: &Q) -> Option<Arc<V>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.entries.get(k).cloned()
     }
 
@@ -61,9 +67,13 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
     }
 
     /// Remove `k` if present.
-    pub fn remove(&mut self, k: &K) {
+    pub fn remove<Q>(&mut self, k: &Q)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         if self.entries.remove(k).is_some() {
-            self.order.retain(|o| o != k);
+            self.order.retain(|o| o.borrow() != k);
         }
     }
 

@@ -151,7 +151,10 @@ fn scan_routes(src: &str) -> BTreeSet<(String, String)> {
 /// Every (method, path) the router in `src/http/mod.rs` serves, read from the source.
 fn routes_in_source() -> BTreeSet<(String, String)> {
     let file = concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/mod.rs");
-    scan_routes(&std::fs::read_to_string(file).expect("read src/http/mod.rs"))
+    let source = std::fs::read_to_string(file).expect("read src/http/mod.rs");
+    // The module's unit tests route stand-in paths of their own.
+    let served = source.split("#[cfg(test)]").next().unwrap_or_default();
+    scan_routes(served)
 }
 
 #[test]

@@ -738,13 +738,22 @@ pub(super) async fn open_wrapped(
     if let Some(e) = refusal {
         return Ok(Opened::Refused(version, e));
     }
-    let (keys, row, context) = (state.keys.clone(), row.clone(), context.clone());
-    // Unsealing (on a cache miss) and decapsulation both run off the executor.
-    let opened = crypto_task(move || {
-        keys.private_key(r.tenant, &row)
-            .map(|private| private.unwrap_data_key(&wrapped, &context).ok())
-    })
-    .await??;
+    let context = context.clone();
+    // Unsealing (on a cache miss) and decapsulation both run off the executor. A cached key is
+    // looked up here, so the row goes to the crypto thread only when it must be unsealed.
+    let opened = match state.keys.cached_private_key(row) {
+        Some(private) => {
+            crypto_task(move || Ok(private.unwrap_data_key(&wrapped, &context).ok())).await?
+        }
+        None => {
+            let (keys, row) = (state.keys.clone(), row.clone());
+            crypto_task(move || {
+                keys.private_key(r.tenant, &row)
+                    .map(|private| private.unwrap_data_key(&wrapped, &context).ok())
+            })
+            .await?
+        }
+    }?;
     Ok(match opened {
         Some(dk) => Opened::Key(version, dk),
         None => Opened::Unopenable,

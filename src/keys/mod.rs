@@ -112,8 +112,7 @@ impl KeyService {
         tenant: TenantId,
         row: &VersionRow,
     ) -> Result<Arc<TenantPrivateKey>, KeyError> {
-        let cache_key = (row.key_id.clone(), row.version);
-        if let Some(k) = lock(&self.private).get(&cache_key) {
+        if let Some(k) = self.cached_private_key(row) {
             return Ok(k);
         }
         let expected = KeyRef {
@@ -134,8 +133,13 @@ impl KeyService {
                     KeyError::Corrupt("sealed key does not open under the root key".into())
                 })?,
         );
-        lock(&self.private).insert(cache_key, key.clone());
+        lock(&self.private).insert((row.key_id.clone(), row.version), key.clone());
         Ok(key)
+    }
+
+    /// The private key of a stored version if it is unsealed in memory already.
+    pub fn cached_private_key(&self, row: &VersionRow) -> Option<Arc<TenantPrivateKey>> {
+        lock(&self.private).get(&(row.key_id.clone(), row.version))
     }
 
     /// The root key of a given version: the current one or a configured previous one.

@@ -46,33 +46,31 @@ impl Directory {
 
     /// The token with this hash.
     pub async fn token(&self, hash: &str, read: Read) -> StoreResult<Option<Arc<TokenRow>>> {
-        let k = hash.to_owned();
         if read == Read::Cached
-            && let Some(row) = lock(&self.tokens).get(&k)
+            && let Some(row) = lock(&self.tokens).get(hash)
         {
             return Ok(Some(row));
         }
         let Some(row) = self.store.token_by_hash(hash).await?.map(Arc::new) else {
-            lock(&self.tokens).remove(&k);
+            lock(&self.tokens).remove(hash);
             return Ok(None);
         };
-        lock(&self.tokens).insert(k, row.clone());
+        lock(&self.tokens).insert(hash.to_owned(), row.clone());
         Ok(Some(row))
     }
 
     /// The tenant with this name.
     pub async fn tenant(&self, name: &str, read: Read) -> StoreResult<Option<Arc<TenantRow>>> {
-        let k = name.to_owned();
         if read == Read::Cached
-            && let Some(row) = lock(&self.tenants).get(&k)
+            && let Some(row) = lock(&self.tenants).get(name)
         {
             return Ok(Some(row));
         }
         let Some(row) = self.store.tenant_by_name(name).await?.map(Arc::new) else {
-            lock(&self.tenants).remove(&k);
+            lock(&self.tenants).remove(name);
             return Ok(None);
         };
-        lock(&self.tenants).insert(k, row.clone());
+        lock(&self.tenants).insert(name.to_owned(), row.clone());
         Ok(Some(row))
     }
 
@@ -99,14 +97,13 @@ impl Directory {
 
     /// Every version of a key, oldest first.
     pub async fn versions(&self, key_id: &str, read: Read) -> StoreResult<Arc<Vec<VersionRow>>> {
-        let k = key_id.to_owned();
         if read == Read::Cached
-            && let Some(rows) = lock(&self.versions).get(&k)
+            && let Some(rows) = lock(&self.versions).get(key_id)
         {
             return Ok(rows);
         }
         let rows = Arc::new(self.store.versions(key_id).await?);
-        lock(&self.versions).insert(k, rows.clone());
+        lock(&self.versions).insert(key_id.to_owned(), rows.clone());
         Ok(rows)
     }
 
@@ -114,14 +111,13 @@ impl Directory {
     /// not need a stale-guard retry).
     pub fn forget_key(&self, key_id: &str) {
         lock(&self.keys).remove_where(|k| k.id == key_id);
-        lock(&self.versions).remove(&key_id.to_owned());
+        lock(&self.versions).remove(key_id);
     }
 
     /// Forget a key whose cached rows still show `version` enabled when the database says it is
     /// not (the worker's sweep: memory follows changes made on other nodes).
     pub fn forget_if_enabled(&self, key_id: &str, version: i64) {
-        let k = key_id.to_owned();
-        let stale = lock(&self.versions).get(&k).is_some_and(|vs| {
+        let stale = lock(&self.versions).get(key_id).is_some_and(|vs| {
             vs.iter()
                 .any(|v| v.version == version && v.state == "enabled")
         });

@@ -146,6 +146,10 @@ fn run(
             }
         });
         let Some(received) = received else {
+            // Close ours only once every pool connection has closed: SQLite checkpoints and
+            // removes the WAL when its last connection closes, and only if no other connection is
+            // open at that moment — two closing together can each leave it to the other.
+            waiter.block_on(pool.close());
             close(&mut held, &mut syncer, holds_connection);
             continue;
         };
