@@ -114,6 +114,9 @@ pub(in crate::store) async fn start(
 /// it missed the pool's close event.
 const CLOSE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long a closing writer waits for the pool's connections to close before closing its own.
+const POOL_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The thread's loop: take what is queued (up to [`MAX_GROUP`]), commit it as one group, hand it
 /// to the sync thread; close the connection when the pool closes, so the database is left clean.
 fn run(
@@ -149,7 +152,10 @@ fn run(
             // Close ours only once every pool connection has closed: SQLite checkpoints and
             // removes the WAL when its last connection closes, and only if no other connection is
             // open at that moment — two closing together can each leave it to the other.
-            waiter.block_on(pool.close());
+            // Bounded: a pool connection that never comes back must not hold the writer forever.
+            waiter.block_on(async {
+                let _ = tokio::time::timeout(POOL_CLOSE_WAIT, pool.close()).await;
+            });
             close(&mut held, &mut syncer, holds_connection);
             continue;
         };
