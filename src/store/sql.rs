@@ -84,7 +84,7 @@ pub(super) const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synch
 /// - `synchronous_commit` never `off`: a key leaves only after its audit entry is durable, and an
 ///   asynchronous commit could lose it in a crash. `off` becomes `on`; every other level (`local`,
 ///   `remote_write`, `on`, `remote_apply`) flushes locally and is kept as configured.
-const POSTGRES_SESSION: &str = "SELECT \
+pub(super) const POSTGRES_SESSION: &str = "SELECT \
      set_config('default_transaction_isolation', 'read committed', false), \
      set_config('synchronous_commit', CASE current_setting('synchronous_commit') \
          WHEN 'off' THEN 'on' ELSE current_setting('synchronous_commit') END, false)";
@@ -247,11 +247,19 @@ pub(super) fn insert_entries_sql(backend: Backend, count: usize) -> String {
     }
 }
 
-/// Bind the entries' 13 columns each, in [`insert_entries_sql`]'s order.
-pub(super) fn bind_entries<'q>(
-    mut insert: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments>,
+/// Bind the entries' 13 columns each, in [`insert_entries_sql`]'s order (through the `Any`
+/// driver, or on the PostgreSQL writer's own connection).
+pub(super) fn bind_entries<'q, DB>(
+    mut insert: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>,
     chained: &'q [AuditEntry],
-) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments> {
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q Option<String>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
     for e in chained {
         insert = insert
             .bind(e.seq)
