@@ -518,21 +518,14 @@ mod tests {
         let base = format!("http://{}", listener.local_addr().expect("address"));
         tokio::spawn(async move { axum::serve(listener, app).await });
         let client = reqwest::Client::new();
+        let get = |path: &str| client.get(format!("{base}{path}")).send();
 
-        let slow = client
-            .get(format!("{base}/slow"))
-            .send()
-            .await
-            .expect("answer");
+        let slow = get("/slow").await.expect("answer");
         assert_eq!(slow.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
         assert!(slow.headers().contains_key("x-request-id"));
         let v: serde_json::Value = slow.json().await.expect("JSON");
         assert_eq!(v["error"]["code"], "unavailable", "{v}");
-        let fast = client
-            .get(format!("{base}/fast"))
-            .send()
-            .await
-            .expect("answer");
+        let fast = get("/fast").await.expect("answer");
         assert_eq!(fast.status(), reqwest::StatusCode::OK);
 
         let counted = state.metrics.render(0, Default::default());
