@@ -254,21 +254,26 @@ where
         // Parsed once, straight into the type. A document that starts with `{` is an object if it
         // parses at all; anything else is refused before serde could read a struct from an array.
         if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return Err(ApiError::BadRequest(
+            return Err(
                 match serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
-                    Ok(_) => "the body must be a JSON object".into(),
-                    Err(e) => format!("Failed to parse the request body as JSON: {e}"),
+                    Ok(_) => ApiError::BadRequest("the body must be a JSON object".into()),
+                    Err(e) => body_error(&e),
                 },
-            ));
+            );
         }
-        serde_json::from_slice(&body).map(ApiJson).map_err(|e| {
-            ApiError::BadRequest(if e.is_data() {
-                format!("invalid body: {e}")
-            } else {
-                format!("Failed to parse the request body as JSON: {e}")
-            })
-        })
+        serde_json::from_slice(&body)
+            .map(ApiJson)
+            .map_err(|e| body_error(&e))
     }
+}
+
+/// A body that is not JSON, or JSON of the wrong shape for its type.
+fn body_error(e: &serde_json::Error) -> ApiError {
+    ApiError::BadRequest(if e.is_data() {
+        format!("invalid body: {e}")
+    } else {
+        format!("Failed to parse the request body as JSON: {e}")
+    })
 }
 
 /// `application/json`, or any `application/*+json`, parameters allowed: axum's `Json` rule, with
