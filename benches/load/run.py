@@ -1138,6 +1138,11 @@ def run_scale(args, res: Resources, bins: Binaries, logs: Path, workdir: Path) -
         sample = sorted({min(target - 1, int(k * step + rng.random() * step))
                          for k in range(args.scale_sample)})
         tokens = parallel(token, sample, args.create_concurrency)
+        if srv.backend == "postgres":
+            # The creations left PostgreSQL's shared buffers full of dirty pages; without a
+            # checkpoint here this point's commits pay for writing them out (a backend that needs
+            # a buffer writes a dirty one itself), and the point measures the bulk load's tail.
+            run(["psql", srv.env_db_url, "-v", "ON_ERROR_STOP=1", "-qc", "CHECKPOINT"])
         spec = [spec_line(1, "POST", base.format(name(i)) + "/data-key", [bearer(tok)],
                           {"context": CONTEXT}) for i, tok in zip(sample, tokens)]
         p = measure(t, "datakey", args.scale_connections, args.duration, args.warmup, wrk, spec)

@@ -357,7 +357,7 @@ async fn append_in_one_statement(
     let Some(head) = writer.head.take() else {
         return Ok(OneStatement::Missed(batch));
     };
-    let guards = guards_json(&batch);
+    let guards = guard_arrays(&batch);
     let count = batch.len();
     let mut entries = Vec::with_capacity(count);
     let mut rest = Vec::with_capacity(count);
@@ -414,22 +414,27 @@ async fn append_in_one_statement(
     }
 }
 
-/// The one statement of [`append_in_one_statement`]. Its text never changes (guards are bound as
-/// JSON, entries as one array per column), so the connection prepares it once. `$6`: the tokens that must be live at `$7`;
-/// `$8`: per key, the retirement floor and the `[[version, state], …]` list the uses were decided
-/// on; `$9`..`$21`: the entries' columns ([`bind_rows`]). Answers how many entries it appended and the head's epoch
-/// in its snapshot.
+/// The one statement of [`append_in_one_statement`]. Its text never changes (every parameter is a
+/// scalar or a typed array), so the connection prepares it once. `$6`: the tokens that must be live
+/// at `$7`; `$8`..`$10`: per guarded key, its id, the retirement floor and the version list the uses
+/// were decided on ([`GuardArrays`]); `$11`..`$23`: the entries' columns ([`bind_rows`]). Answers
+/// how many entries it appended and the head's epoch in its snapshot.
+///
+/// Each guard is checked by a scalar subquery on a primary key, one per token and key named, so the
+/// cost follows the group, not the tables: a token check written as a join let PostgreSQL's planner
+/// scan every token and re-parse the group's JSON per row (data-key throughput fell by a third from
+/// 1,000 to 100,000 tenants; docs/PERFORMANCE.md). `one_statement_plan_reads_rows_by_key` holds
+/// the plan to index lookups.
 const ONE_STATEMENT_APPEND: &str = "\
 WITH head AS ( \
     UPDATE audit_head SET seq = $1, hash = $2, epoch = epoch + 1 \
     WHERE id = 1 AND seq = $3 AND hash = $4 AND epoch = $5 \
-    AND (SELECT COUNT(*) FROM tokens \
-         WHERE id IN (SELECT json_array_elements_text($6::json)) \
-         AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $7)) \
-        = json_array_length($6::json) \
-    AND NOT EXISTS (SELECT 1 FROM json_to_recordset($8::json) AS g(id text, floor bigint, versions jsonb) \
+    AND NOT EXISTS (SELECT 1 FROM UNNEST($6::text[]) AS t(id) \
+        WHERE (SELECT tk.revoked_at IS NULL AND (tk.expires_at IS NULL OR tk.expires_at > $7) \
+               FROM tokens tk WHERE tk.id = t.id) IS NOT TRUE) \
+    AND NOT EXISTS (SELECT 1 FROM UNNEST($8::text[], $9::bigint[], $10::text[]) AS g(id, floor, versions) \
         WHERE (SELECT k.min_decryption_version FROM keys k WHERE k.id = g.id) IS DISTINCT FROM g.floor \
-        OR (SELECT jsonb_agg(jsonb_build_array(v.version, v.state) ORDER BY v.version) \
+        OR (SELECT string_agg(v.version::text || ':' || v.state, ',' ORDER BY v.version) \
             FROM key_versions v WHERE v.key_id = g.id) IS DISTINCT FROM g.versions) \
     RETURNING 1), \
 appended AS ( \
@@ -437,16 +442,16 @@ appended AS ( \
         outcome, request_id, context_hash, detail, prev_hash, hash) \
     SELECT e.seq, e.time_ms, e.principal, e.tenant, e.key_name, e.key_version, e.operation, \
         e.outcome, e.request_id, e.context_hash, e.detail, e.prev_hash, e.hash \
-    FROM UNNEST($9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::text[], \
-        $14::bigint[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], \
-        $20::text[], $21::text[]) AS e(seq, time_ms, principal, tenant, key_name, key_version, \
+    FROM UNNEST($11::bigint[], $12::bigint[], $13::text[], $14::text[], $15::text[], \
+        $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[], $21::text[], \
+        $22::text[], $23::text[]) AS e(seq, time_ms, principal, tenant, key_name, key_version, \
         operation, outcome, request_id, context_hash, detail, prev_hash, hash) \
     WHERE EXISTS (SELECT 1 FROM head) \
     RETURNING 1) \
 SELECT (SELECT COUNT(*) FROM appended) AS appended, \
     (SELECT epoch FROM audit_head WHERE id = 1) AS snapshot_epoch";
 
-/// Bind the entries as `$9`..`$21`, one array per `audit_log` column: binary arrays leave
+/// Bind the entries as `$11`..`$23`, one array per `audit_log` column: binary arrays leave
 /// PostgreSQL nothing to lex (a JSON parameter was ~15 % of its CPU per append).
 fn bind_rows<'q>(
     query: sqlx::query::QueryAs<'q, sqlx::Postgres, OneStatementDone, sqlx::postgres::PgArguments>,
@@ -471,15 +476,17 @@ fn bind_rows<'q>(
         .bind(column(chained, |e| e.hash.as_str()))
 }
 
-/// The group's guards as the statement's JSON parameters: distinct token ids, and distinct
+/// The group's guards as the statement's array parameters: distinct token ids, and distinct
 /// (key, floor, versions) expectations — two uses of one key decided on different rows both go
 /// in, and one of them fails.
-struct GuardsJson {
-    tokens: String,
-    keys: String,
+struct GuardArrays {
+    tokens: Vec<String>,
+    key_ids: Vec<String>,
+    floors: Vec<i64>,
+    versions: Vec<String>,
 }
 
-fn guards_json(batch: &[PendingAppend]) -> GuardsJson {
+fn guard_arrays(batch: &[PendingAppend]) -> GuardArrays {
     let mut tokens: Vec<&str> = Vec::new();
     let mut keys: Vec<&UseGuard> = Vec::new();
     for g in batch.iter().filter_map(|p| p.guard.as_ref()) {
@@ -495,22 +502,27 @@ fn guards_json(batch: &[PendingAppend]) -> GuardsJson {
             keys.push(g);
         }
     }
-    // Versions as `[[1, "enabled"], [2, "disabled"]]`, oldest first: what the statement's
-    // `jsonb_agg` builds from the rows.
-    let keys: Vec<serde_json::Value> = keys
-        .into_iter()
-        .map(|g| {
-            serde_json::json!({
-                "id": g.key_id,
-                "floor": g.min_decryption_version,
-                "versions": g.versions,
-            })
-        })
-        .collect();
-    GuardsJson {
-        tokens: serde_json::Value::from(tokens).to_string(),
-        keys: serde_json::Value::from(keys).to_string(),
+    GuardArrays {
+        tokens: tokens.into_iter().map(str::to_owned).collect(),
+        key_ids: keys.iter().map(|g| g.key_id.clone()).collect(),
+        floors: keys.iter().map(|g| g.min_decryption_version).collect(),
+        versions: keys.iter().map(|g| versions_text(&g.versions)).collect(),
     }
+}
+
+/// A version list as the statement's `string_agg` writes it from the rows: `1:enabled,2:disabled`,
+/// oldest first (a guard's list is in version order; states are words without `:` or `,`).
+fn versions_text(versions: &[(i64, String)]) -> String {
+    let mut text = String::new();
+    for (i, (version, state)) in versions.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&version.to_string());
+        text.push(':');
+        text.push_str(state);
+    }
+    text
 }
 
 /// What the one statement did.
@@ -523,7 +535,7 @@ struct OneStatementDone {
 async fn run_one_statement(
     writer: &mut WriterConn,
     head: &Head,
-    guards: &GuardsJson,
+    guards: &GuardArrays,
     chained: &[AuditEntry],
 ) -> StoreResult<OneStatementDone> {
     let Some(last) = chained.last() else {
@@ -543,7 +555,9 @@ async fn run_one_statement(
         .bind(head.epoch)
         .bind(&guards.tokens)
         .bind(crate::now_ms())
-        .bind(&guards.keys);
+        .bind(&guards.key_ids)
+        .bind(&guards.floors)
+        .bind(&guards.versions);
     let mut done: Vec<OneStatementDone> = bind_rows(query, chained)
         .fetch_all(&mut writer.conn)
         .await
@@ -974,6 +988,59 @@ mod tests {
                 one_statement: 2
             }
         );
+    }
+
+    /// The one statement's plan, generic as a prepared statement's becomes: every guard read is
+    /// an index lookup by key, however many tokens and keys there are (a join on a JSON list
+    /// scanned every token once re-parsing the list per row). Tables of thousands of rows and no
+    /// statistics (as before autovacuum has run), where a scan is a real option for the planner.
+    #[tokio::test]
+    async fn postgres_one_statement_plan_reads_rows_by_key() {
+        let Some(db) = TestPostgres::create(&[]).await else {
+            return;
+        };
+        let store = store_with_tenant_and_tokens(&db.url).await;
+        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+        sqlx::raw_sql(
+            "INSERT INTO tenants SELECT 'tn' || i, 'name' || i, 1 FROM generate_series(1, 5000) i; \
+             INSERT INTO keys (id, tenant_id, name, created_at) \
+                 SELECT 'key' || i, 'tn' || i, 'default', 1 FROM generate_series(1, 5000) i; \
+             INSERT INTO key_versions (key_id, version, state, root_version, public_key, \
+                 fingerprint, created_at) \
+                 SELECT 'key' || i, 1, 'enabled', 1, '\\x00', 'fp', 1 FROM generate_series(1, 5000) i; \
+             INSERT INTO tokens (id, token_hash, tenant_id, roles, created_at) \
+                 SELECT 'tk' || i, 'th' || i, 'tn' || i, 'encrypt', 1 FROM generate_series(1, 5000) i; \
+             SET plan_cache_mode = force_generic_plan",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("fill tables");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "PREPARE one_statement AS {ONE_STATEMENT_APPEND}"
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("prepare");
+        let nulls = vec!["NULL"; 23].join(", ");
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN (COSTS OFF) EXECUTE one_statement({nulls})"
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .expect("explain");
+        let plan = plan.join("\n");
+        for table in ["tokens", "keys", "key_versions"] {
+            assert!(
+                !plan.contains(&format!("Seq Scan on {table}")),
+                "the one statement scans {table}:\n{plan}"
+            );
+        }
+        for index in ["tokens_pkey", "keys_pkey", "key_versions_pkey"] {
+            assert!(plan.contains(index), "no lookup by {index}:\n{plan}");
+        }
+        conn.close().await.expect("close");
+        store.close().await;
+        drop(db);
     }
 
     /// The hardest interleaving for the one statement: another transaction takes the head lock
