@@ -991,8 +991,8 @@ mod tests {
     }
 
     /// The one statement's plan, generic as a prepared statement's becomes: every guard read is
-    /// an index lookup by key, however many tokens and keys there are (a join on a JSON list
-    /// scanned every token once re-parsing the list per row). Tables of thousands of rows and no
+    /// an index lookup by key, however many tokens and keys there are (the JSON form it replaced
+    /// scanned every token, re-parsing the list per row). Tables of thousands of rows and no
     /// statistics (as before autovacuum has run), where a scan is a real option for the planner.
     #[tokio::test]
     async fn postgres_one_statement_plan_reads_rows_by_key() {
@@ -1038,6 +1038,53 @@ mod tests {
         for index in ["tokens_pkey", "keys_pkey", "key_versions_pkey"] {
             assert!(plan.contains(index), "no lookup by {index}:\n{plan}");
         }
+        conn.close().await.expect("close");
+        store.close().await;
+        drop(db);
+    }
+
+    /// A key with several versions: the guard's version list, as [`versions_text`] writes it,
+    /// must equal what the statement builds from the rows (numeric order: 10 after 2), or every
+    /// use of a rotated key would miss the one statement and go the long way.
+    #[tokio::test]
+    async fn postgres_a_rotated_key_goes_in_one_statement() {
+        let Some(db) = TestPostgres::create(&[]).await else {
+            return;
+        };
+        let store = store_with_tenant_and_tokens(&db.url).await;
+        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
+        sqlx::raw_sql(
+            "INSERT INTO key_versions (key_id, version, state, root_version, public_key, \
+                 fingerprint, created_at) \
+             VALUES ('k1', 10, 'enabled', 1, '\\x00', 'fp', 1), \
+                    ('k1', 2, 'disabled', 1, '\\x00', 'fp', 1)",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("more versions");
+        let held = guard(
+            "tok-live",
+            1,
+            &[(1, "enabled"), (2, "disabled"), (10, "enabled")],
+        );
+        for _ in 0..2 {
+            store
+                .append_key_use(entry("test.use"), held.clone())
+                .await
+                .expect("use");
+        }
+        // The first use learned the head the long way; the second went in one statement.
+        assert_eq!(store.group_commit_stats().one_statement_commits, 1);
+        let stale = guard(
+            "tok-live",
+            1,
+            &[(1, "enabled"), (2, "enabled"), (10, "enabled")],
+        );
+        let got = store.append_key_use(entry("test.use"), stale).await;
+        assert!(
+            matches!(got, Err(StoreError::Stale)),
+            "a use decided on another version state must be refused, got {got:?}"
+        );
         conn.close().await.expect("close");
         store.close().await;
         drop(db);
