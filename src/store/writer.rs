@@ -990,6 +990,18 @@ mod tests {
         );
     }
 
+    /// [`store_with_tenant_and_tokens`], then `sql` run on a connection of the test's own (kept
+    /// open for more).
+    async fn store_then_sql(url: &str, sql: &'static str) -> (SqlStore, PgConnection) {
+        let store = store_with_tenant_and_tokens(url).await;
+        let mut conn = PgConnection::connect(url).await.expect("connect");
+        sqlx::raw_sql(sql)
+            .execute(&mut conn)
+            .await
+            .expect("test rows");
+        (store, conn)
+    }
+
     /// The one statement's plan, generic as a prepared statement's becomes: every guard read is
     /// an index lookup by key, however many tokens and keys there are (the JSON form it replaced
     /// scanned every token, re-parsing the list per row). Tables of thousands of rows and no
@@ -999,9 +1011,8 @@ mod tests {
         let Some(db) = TestPostgres::create(&[]).await else {
             return;
         };
-        let store = store_with_tenant_and_tokens(&db.url).await;
-        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
-        sqlx::raw_sql(
+        let (store, mut conn) = store_then_sql(
+            &db.url,
             "INSERT INTO tenants SELECT 'tn' || i, 'name' || i, 1 FROM generate_series(1, 5000) i; \
              INSERT INTO keys (id, tenant_id, name, created_at) \
                  SELECT 'key' || i, 'tn' || i, 'default', 1 FROM generate_series(1, 5000) i; \
@@ -1012,9 +1023,7 @@ mod tests {
                  SELECT 'tk' || i, 'th' || i, 'tn' || i, 'encrypt', 1 FROM generate_series(1, 5000) i; \
              SET plan_cache_mode = force_generic_plan",
         )
-        .execute(&mut conn)
-        .await
-        .expect("fill tables");
+        .await;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "PREPARE one_statement AS {ONE_STATEMENT_APPEND}"
         )))
@@ -1051,17 +1060,14 @@ mod tests {
         let Some(db) = TestPostgres::create(&[]).await else {
             return;
         };
-        let store = store_with_tenant_and_tokens(&db.url).await;
-        let mut conn = PgConnection::connect(&db.url).await.expect("connect");
-        sqlx::raw_sql(
+        let (store, conn) = store_then_sql(
+            &db.url,
             "INSERT INTO key_versions (key_id, version, state, root_version, public_key, \
                  fingerprint, created_at) \
              VALUES ('k1', 10, 'enabled', 1, '\\x00', 'fp', 1), \
                     ('k1', 2, 'disabled', 1, '\\x00', 'fp', 1)",
         )
-        .execute(&mut conn)
-        .await
-        .expect("more versions");
+        .await;
         let held = guard(
             "tok-live",
             1,
