@@ -513,16 +513,11 @@ fn guard_arrays(batch: &[PendingAppend]) -> GuardArrays {
 /// A version list as the statement's `string_agg` writes it from the rows: `1:enabled,2:disabled`,
 /// oldest first (a guard's list is in version order; states are words without `:` or `,`).
 fn versions_text(versions: &[(i64, String)]) -> String {
-    let mut text = String::new();
-    for (i, (version, state)) in versions.iter().enumerate() {
-        if i > 0 {
-            text.push(',');
-        }
-        text.push_str(&version.to_string());
-        text.push(':');
-        text.push_str(state);
-    }
-    text
+    let pairs: Vec<String> = versions
+        .iter()
+        .map(|(version, state)| format!("{version}:{state}"))
+        .collect();
+    pairs.join(",")
 }
 
 /// What the one statement did.
@@ -1002,6 +997,18 @@ mod tests {
         (store, conn)
     }
 
+    /// Two uses of `held`: the first learns the head the long way, the second goes in one
+    /// statement (the writer now knows the head).
+    async fn use_twice_second_in_one_statement(store: &SqlStore, held: &UseGuard) {
+        for _ in 0..2 {
+            store
+                .append_key_use(entry("test.use"), held.clone())
+                .await
+                .expect("use");
+        }
+        assert_eq!(store.group_commit_stats().one_statement_commits, 1);
+    }
+
     /// The one statement's plan, generic as a prepared statement's becomes: every guard read is
     /// an index lookup by key, however many tokens and keys there are (the JSON form it replaced
     /// scanned every token, re-parsing the list per row). Tables of thousands of rows and no
@@ -1073,14 +1080,7 @@ mod tests {
             1,
             &[(1, "enabled"), (2, "disabled"), (10, "enabled")],
         );
-        for _ in 0..2 {
-            store
-                .append_key_use(entry("test.use"), held.clone())
-                .await
-                .expect("use");
-        }
-        // The first use learned the head the long way; the second went in one statement.
-        assert_eq!(store.group_commit_stats().one_statement_commits, 1);
+        use_twice_second_in_one_statement(&store, &held).await;
         let stale = guard(
             "tok-live",
             1,
@@ -1107,14 +1107,7 @@ mod tests {
         };
         let store = std::sync::Arc::new(store_with_tenant_and_tokens(&db.url).await);
         let held = guard("tok-live", 1, &[(1, "enabled")]);
-        for _ in 0..2 {
-            // The second goes in one statement: the writer now knows the head.
-            store
-                .append_key_use(entry("test.use"), held.clone())
-                .await
-                .expect("use");
-        }
-        assert_eq!(store.group_commit_stats().one_statement_commits, 1);
+        use_twice_second_in_one_statement(&store, &held).await;
 
         let other = sqlx::AnyPool::connect(&db.url).await.expect("connect");
         let mut tx = other.begin().await.expect("begin");
